@@ -1,0 +1,201 @@
+"""Bitstreams: ``compress(model, image, iterations) -> bytes`` and ``decompress(model, data)``.
+
+Layout (big-endian)::
+
+    header  magic "RNNC" | version u8 | height u32 | width u32 | iterations u8 |
+            bits per 16×16 block u16 | tile side / 16 u8 | model id 8 bytes | CRC-32 of header u32
+    then for each iteration in order:
+            the code bits of the whole (padded) image, C×H/16×W/16 in C order, packed MSB first,
+            then their CRC-32 u32
+
+Iterations follow one another, so any prefix of them decodes: ``decompress(..., iterations=k)``
+reads only the first k, and a file cut short still decodes up to its last complete iteration.
+Large images are coded in independent tiles (1024×1024 by default) to bound memory; the tile
+side is in the header so the decoder uses the same grid. The codes are stored raw (no entropy
+coding), as in the paper's curves without it: 0.125 bpp per iteration plus 4 bytes per
+iteration and 28 bytes of header.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from codec.checkpoint import model_id
+from codec.errors import CodecError
+from codec.image import pad_to_stride, to_input, to_pixels, to_rgb8
+from codec.model import MAX_ITERATIONS, STRIDE, RNNCodec
+
+MAGIC = b"RNNC"
+VERSION = 1
+MAX_SIDE = 65535
+DEFAULT_TILE = 1024
+_HEADER = struct.Struct(">4sBIIBHB8s")
+_CRC = struct.Struct(">I")
+HEADER_BYTES = _HEADER.size + _CRC.size
+
+
+@dataclass(frozen=True)
+class Header:
+    height: int
+    width: int
+    iterations: int
+    bits: int
+    tile: int
+    model_id: bytes
+
+    @property
+    def code_shape(self) -> tuple[int, int, int]:
+        return self.bits, -(-self.height // STRIDE), -(-self.width // STRIDE)
+
+    @property
+    def chunk_bytes(self) -> int:
+        """Bytes of one iteration's packed codes (without its CRC)."""
+        c, h, w = self.code_shape
+        return -(-c * h * w // 8)
+
+    def pack(self) -> bytes:
+        raw = _HEADER.pack(MAGIC, VERSION, self.height, self.width, self.iterations, self.bits,
+                           self.tile // STRIDE, self.model_id)
+        return raw + _CRC.pack(zlib.crc32(raw))
+
+
+def parse_header(data: bytes) -> Header:
+    """Read and bound-check the header of ``data``."""
+    if len(data) < HEADER_BYTES:
+        raise CodecError(f"not an rnncodec file: {len(data)} bytes is shorter than the {HEADER_BYTES}-byte header")
+    raw = data[: _HEADER.size]
+    magic, version, height, width, iterations, bits, tile16, mid = _HEADER.unpack(raw)
+    if magic != MAGIC:
+        raise CodecError("not an rnncodec file (wrong magic bytes); give a file written by `rnncodec compress`")
+    if version != VERSION:
+        raise CodecError(f"rnncodec file version {version} is not supported (this rnncodec reads version {VERSION}); upgrade rnncodec")
+    if _CRC.unpack_from(data, _HEADER.size)[0] != zlib.crc32(raw):
+        raise CodecError("the file's header is corrupted (checksum mismatch)")
+    if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
+        raise CodecError(f"the header's image size {width}×{height} is outside 1..{MAX_SIDE}; the file is corrupted")
+    if not 1 <= iterations <= MAX_ITERATIONS:
+        raise CodecError(f"the header's iteration count {iterations} is outside 1..{MAX_ITERATIONS}; the file is corrupted")
+    if not 1 <= bits <= 1024 or tile16 == 0:
+        raise CodecError("the header's code depth or tile size is out of range; the file is corrupted")
+    return Header(height, width, iterations, bits, tile16 * STRIDE, mid)
+
+
+@contextlib.contextmanager
+def _evaluating(model: RNNCodec) -> Iterator[torch.device]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield next(model.parameters()).device
+    finally:
+        model.train(was_training)
+
+
+def _tiles(height: int, width: int, tile: int) -> Iterator[tuple[slice, slice]]:
+    """Pixel slices of the tile grid over the image padded to multiples of ``STRIDE``."""
+    ph, pw = -(-height // STRIDE) * STRIDE, -(-width // STRIDE) * STRIDE
+    for y in range(0, ph, tile):
+        for x in range(0, pw, tile):
+            yield slice(y, min(y + tile, ph)), slice(x, min(x + tile, pw))
+
+
+def _code_slice(s: slice) -> slice:
+    return slice(s.start // STRIDE, s.stop // STRIDE)
+
+
+def _as_rgb8(image: np.ndarray | Image.Image) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        return to_rgb8(image)
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise CodecError(f"expected an H×W×3 uint8 RGB image, got {image.dtype} of shape {image.shape}; "
+                         "read files with codec.load_image")
+    if not (1 <= image.shape[0] <= MAX_SIDE and 1 <= image.shape[1] <= MAX_SIDE):
+        raise CodecError(f"image size {image.shape[1]}×{image.shape[0]} is outside 1..{MAX_SIDE} pixels a side")
+    return image
+
+
+def compress(model: RNNCodec, image: np.ndarray | Image.Image, iterations: int,
+             tile: int = DEFAULT_TILE) -> bytes:
+    """Encode an H×W×3 uint8 image with ``iterations`` iterations (0.125 bpp each)."""
+    image = _as_rgb8(image)
+    if not 1 <= iterations <= MAX_ITERATIONS:
+        raise CodecError(f"iterations must be in 1..{MAX_ITERATIONS}, got {iterations}")
+    if tile % STRIDE or not STRIDE <= tile <= 255 * STRIDE:
+        raise CodecError(f"tile must be a multiple of {STRIDE} in {STRIDE}..{255 * STRIDE}, got {tile}")
+    header = Header(image.shape[0], image.shape[1], iterations, model.config.bits, tile, model_id(model))
+    codes = np.zeros((iterations, *header.code_shape), dtype=bool)
+    with _evaluating(model) as device:
+        x = pad_to_stride(to_input(torch.from_numpy(image.copy()).permute(2, 0, 1)[None].to(device)))
+        for ys, xs in _tiles(header.height, header.width, tile):
+            out = model(x[:, :, ys, xs], iterations)
+            for t, b in enumerate(out["codes"]):
+                codes[t, :, _code_slice(ys), _code_slice(xs)] = (b[0] > 0).cpu().numpy()
+    parts = [header.pack()]
+    for t in range(iterations):
+        chunk = np.packbits(codes[t].ravel()).tobytes()
+        parts += [chunk, _CRC.pack(zlib.crc32(chunk))]
+    return b"".join(parts)
+
+
+def _read_codes(model: RNNCodec, data: bytes, iterations: int | None) -> tuple[Header, np.ndarray]:
+    header = parse_header(data)
+    if header.bits != model.config.bits:
+        raise CodecError(f"the file has {header.bits} code bits per block but the model makes {model.config.bits}; "
+                         "decompress with the checkpoint that compressed it")
+    if header.model_id != model_id(model):
+        raise CodecError(f"the file was written by model {header.model_id.hex()}, not by this one "
+                         f"({model_id(model).hex()}); decompress with the checkpoint that compressed it")
+    step = header.chunk_bytes + _CRC.size
+    complete = min(header.iterations, (len(data) - HEADER_BYTES) // step)
+    k = header.iterations if iterations is None else iterations
+    if not 1 <= k <= header.iterations:
+        raise CodecError(f"the file holds {header.iterations} iterations; ask for 1..{header.iterations}, not {k}")
+    if k > complete:
+        raise CodecError(f"the file is truncated: it holds {complete} complete iterations of {header.iterations}; "
+                         f"decode at most {complete} (--iterations {complete})" if complete else
+                         "the file is truncated before its first iteration's codes ends; nothing can be decoded")
+    if iterations is None and len(data) != HEADER_BYTES + header.iterations * step:
+        raise CodecError(f"the file has {len(data) - HEADER_BYTES - header.iterations * step} bytes of trailing data "
+                         "after its last iteration; it is corrupted or not an rnncodec file")
+    c, h, w = header.code_shape
+    codes = np.empty((k, c, h, w), dtype=np.float32)
+    for t in range(k):
+        start = HEADER_BYTES + t * step
+        chunk = data[start : start + header.chunk_bytes]
+        if _CRC.unpack_from(data, start + header.chunk_bytes)[0] != zlib.crc32(chunk):
+            raise CodecError(f"the codes of iteration {t + 1} are corrupted (checksum mismatch)"
+                             + (f"; iterations 1..{t} are intact (--iterations {t})" if t else ""))
+        bits = np.unpackbits(np.frombuffer(chunk, dtype=np.uint8), count=c * h * w)
+        codes[t] = bits.reshape(c, h, w).astype(np.float32) * 2 - 1
+    return header, codes
+
+
+def decompress_progressive(model: RNNCodec, data: bytes, iterations: int | None = None) -> list[np.ndarray]:
+    """Decode ``data``: the H×W×3 uint8 reconstruction after each of the first ``iterations``
+    iterations (all that the file holds by default)."""
+    header, codes = _read_codes(model, data, iterations)
+    k = codes.shape[0]
+    ph, pw = codes.shape[2] * STRIDE, codes.shape[3] * STRIDE
+    images = np.empty((k, ph, pw, 3), dtype=np.uint8)
+    with _evaluating(model) as device:
+        for ys, xs in _tiles(header.height, header.width, header.tile):
+            b = torch.from_numpy(codes[:, :, _code_slice(ys), _code_slice(xs)]).to(device)
+            state = model.initial_state()
+            for t in range(k):
+                x_hat = model.decode_step(b[t : t + 1], state)
+                images[t, ys, xs] = to_pixels(x_hat[0]).permute(1, 2, 0).cpu().numpy()
+    return list(images[:, : header.height, : header.width])
+
+
+def decompress(model: RNNCodec, data: bytes, iterations: int | None = None) -> np.ndarray:
+    """Decode ``data`` to an H×W×3 uint8 image using its first ``iterations`` iterations."""
+    return np.ascontiguousarray(decompress_progressive(model, data, iterations)[-1])

@@ -1,0 +1,98 @@
+"""Model checkpoints: the weights plus the configuration that builds the network.
+
+Saved with ``torch.save`` (written to a temporary file, then renamed) and loaded with
+``torch.load(weights_only=True)``, so a checkpoint can never run code when it is opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import weakref
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from codec.errors import CodecError
+from codec.image import write_atomic
+from codec.model import CodecConfig, RNNCodec
+
+FORMAT = "rnncodec-model"
+VERSION = 1
+
+
+def model_state(model: RNNCodec) -> dict[str, Any]:
+    """Everything needed to rebuild ``model``: a dict of tensors and plain values."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+
+
+def model_from_state(state: Any, source: str = "checkpoint") -> RNNCodec:
+    """Rebuild a model from :func:`model_state`'s dict, in evaluation mode."""
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CodecError(f"{source} is not an rnncodec model checkpoint; make one with `rnncodec train`")
+    if state.get("version") != VERSION:
+        raise CodecError(f"{source} has checkpoint version {state.get('version')}, this rnncodec reads "
+                         f"version {VERSION}; upgrade rnncodec or retrain")
+    model = RNNCodec(CodecConfig.from_dict(state["config"]))
+    try:
+        model.load_state_dict(state["state_dict"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CodecError(f"{source} does not match its own configuration ({first}); the file is damaged") from None
+    return model.eval()
+
+
+def save_checkpoint(path: str | Path, model: RNNCodec, **extra: Any) -> None:
+    """Write ``model`` (plus plain ``extra`` values such as training steps) to ``path`` atomically."""
+    buf = io.BytesIO()
+    torch.save({**model_state(model), **extra}, buf)
+    write_atomic(path, buf.getvalue())
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint file safely (``weights_only=True``) as a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise CodecError(f"no such checkpoint file: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CodecError(f"{path} is not a readable checkpoint ({first}); give a file written by `rnncodec train`") from None
+
+
+def load_checkpoint(path: str | Path) -> RNNCodec:
+    """The model stored in checkpoint ``path``, in evaluation mode on the CPU."""
+    return model_from_state(read_checkpoint(path), str(path))
+
+
+_id_cache: weakref.WeakKeyDictionary[RNNCodec, tuple[tuple, bytes]] = weakref.WeakKeyDictionary()
+
+
+def model_id(model: RNNCodec) -> bytes:
+    """8 bytes identifying the weights and configuration; written into every bitstream.
+
+    Hashing a paper-size model takes a fraction of a second, so the value is cached and
+    recomputed only when a parameter has changed (tensors count their in-place updates).
+    """
+    tensors = list(model.state_dict().values())
+    key = tuple((t.data_ptr(), t._version) for t in tensors)
+    cached = _id_cache.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    digest = h.digest()[:8]
+    _id_cache[model] = (key, digest)
+    return digest

@@ -1,0 +1,110 @@
+"""Image quality metrics: PSNR on 8-bit RGB, MS-SSIM, and area under a rate–distortion curve.
+
+MS-SSIM (Wang et al. 2003) in its standard form (5 scales, 11×11 Gaussian window, σ = 1.5)
+needs images wider than 160 pixels; there we call pytorch-msssim, as the published curves do.
+32×32 training patches cannot run it, so they use ``PATCH_MS_SSIM``: 4 scales (32, 16, 8, 4),
+a 3×3 Gaussian window with σ = 1.5, and the first four standard scale weights renormalised to
+sum to one. Everything else (constants, pooling, clamping) follows the standard form.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch_msssim import ms_ssim as _standard_ms_ssim
+from torch import Tensor
+
+STANDARD_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+@dataclass(frozen=True)
+class MSSSIMConfig:
+    win_size: int
+    win_sigma: float
+    weights: tuple[float, ...]
+    k1: float = 0.01
+    k2: float = 0.03
+
+    def min_side(self) -> int:
+        """The smallest image side on which every scale still has a valid window."""
+        return (self.win_size - 1) * 2 ** (len(self.weights) - 1) + 1
+
+
+STANDARD_MS_SSIM = MSSSIMConfig(11, 1.5, STANDARD_WEIGHTS)
+PATCH_MS_SSIM = MSSSIMConfig(3, 1.5, tuple(w / sum(STANDARD_WEIGHTS[:4]) for w in STANDARD_WEIGHTS[:4]))
+
+
+def psnr(a: np.ndarray | Tensor, b: np.ndarray | Tensor, data_range: float = 255.0) -> float:
+    """PSNR in dB between two images of equal shape (∞ when identical)."""
+    mse = float(np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(data_range**2 / mse)
+
+
+def _gaussian(size: int, sigma: float, channels: int, like: Tensor) -> Tensor:
+    coords = torch.arange(size, dtype=like.dtype, device=like.device) - size // 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    return (g / g.sum()).expand(channels, 1, 1, size)
+
+
+def _blur(x: Tensor, win: Tensor) -> Tensor:
+    c = x.shape[1]
+    x = F.conv2d(x, win, groups=c)
+    return F.conv2d(x, win.transpose(2, 3), groups=c)
+
+
+def _ssim_cs(x: Tensor, y: Tensor, win: Tensor, data_range: float, cfg: MSSSIMConfig) -> tuple[Tensor, Tensor]:
+    c1, c2 = (cfg.k1 * data_range) ** 2, (cfg.k2 * data_range) ** 2
+    mu_x, mu_y = _blur(x, win), _blur(y, win)
+    var_x = _blur(x * x, win) - mu_x**2
+    var_y = _blur(y * y, win) - mu_y**2
+    cov = _blur(x * y, win) - mu_x * mu_y
+    cs = (2 * cov + c2) / (var_x + var_y + c2)
+    ssim = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * cs
+    return ssim.flatten(2).mean(-1), cs.flatten(2).mean(-1)
+
+
+def ms_ssim_with(x: Tensor, y: Tensor, data_range: float, cfg: MSSSIMConfig) -> Tensor:
+    """Differentiable MS-SSIM per image (shape N) under configuration ``cfg``."""
+    if min(x.shape[-2:]) < cfg.min_side():
+        raise ValueError(f"MS-SSIM with {len(cfg.weights)} scales and a {cfg.win_size}×{cfg.win_size} window "
+                         f"needs images of at least {cfg.min_side()} pixels a side, got {tuple(x.shape[-2:])}")
+    win = _gaussian(cfg.win_size, cfg.win_sigma, x.shape[1], x)
+    values = []
+    for level in range(len(cfg.weights)):
+        ssim, cs = _ssim_cs(x, y, win, data_range, cfg)
+        if level < len(cfg.weights) - 1:
+            values.append(torch.relu(cs))
+            pad = [s % 2 for s in x.shape[2:]]
+            x = F.avg_pool2d(x, 2, padding=pad)
+            y = F.avg_pool2d(y, 2, padding=pad)
+    values.append(torch.relu(ssim))
+    weights = x.new_tensor(cfg.weights).view(-1, 1, 1)
+    return torch.prod(torch.stack(values) ** weights, dim=0).mean(1)
+
+
+def ms_ssim(x: Tensor, y: Tensor, data_range: float = 255.0) -> Tensor:
+    """MS-SSIM per image (shape N) of N×3×H×W tensors: the standard 5-scale form through
+    pytorch-msssim when the images are large enough for it, ``PATCH_MS_SSIM`` otherwise."""
+    if min(x.shape[-2:]) > (STANDARD_MS_SSIM.win_size - 1) * 16:
+        return _standard_ms_ssim(x, y, data_range=data_range, size_average=False)
+    return ms_ssim_with(x, y, data_range, PATCH_MS_SSIM)
+
+
+def ms_ssim_db(value: float) -> float:
+    """MS-SSIM on the decibel scale used by rate–distortion plots: −10·log10(1 − MS-SSIM)."""
+    return float("inf") if value >= 1 else -10 * np.log10(1 - value)
+
+
+def rd_auc(bpp: np.ndarray, values: np.ndarray, lo: float = 0.125, hi: float = 2.0) -> float:
+    """Area under a rate–distortion curve between ``lo`` and ``hi`` bpp (trapezoids on the
+    curve interpolated linearly; the curve must cover the range), as the paper's Table 2."""
+    bpp, values = np.asarray(bpp, dtype=float), np.asarray(values, dtype=float)
+    order = np.argsort(bpp)
+    bpp, values = bpp[order], values[order]
+    if bpp[0] > lo + 1e-9 or bpp[-1] < hi - 1e-9:
+        raise ValueError(f"the curve spans {bpp[0]:.3f}..{bpp[-1]:.3f} bpp, which does not cover {lo}..{hi}")
+    grid = np.unique(np.concatenate([[lo, hi], bpp[(bpp > lo) & (bpp < hi)]]))
+    return float(np.trapezoid(np.interp(grid, bpp, values), grid))

@@ -1,0 +1,280 @@
+"""The residual recurrent image codec of Toderici et al., CVPR 2017.
+
+"Full Resolution Image Compression with Recurrent Neural Networks", arXiv:1608.05148.
+Read top to bottom: configuration, the two recurrent cells, binarizer, encoder, decoder,
+gain estimator, and the iteration loop that ties them together.
+
+Pixels enter as floats in [-0.5, 0.5] (``uint8 / 255 - 0.5``), N×3×H×W with H and W
+multiples of 16. Each iteration emits ``bits`` binary codes per 16×16 pixel block:
+32 bits, i.e. 128 bits per 32×32 patch or 0.125 bpp, per iteration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from codec.errors import CodecError
+
+CELLS = ("lstm", "gru")
+MODES = ("one-shot", "additive", "residual-scaling")
+ACTIVATIONS = ("none", "leaky-relu")
+STRIDE = 16  # the encoder halves the resolution four times
+MAX_ITERATIONS = 16
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Every size of the network. The defaults are the paper's 32×32 architecture."""
+
+    cell: str = "lstm"
+    mode: str = "additive"
+    width: float = 1.0  # multiplies every channel count except the code bits
+    bits: int = 32  # binary codes per 16×16 block
+    kernel_size: int = 3
+    encoder_channels: tuple[int, ...] = (64, 256, 512, 512)  # E-Conv, E-RNN 1..3
+    encoder_hidden_kernels: tuple[int, ...] = (1, 1, 1)
+    decoder_input_channels: int = 512  # D-Conv 1
+    decoder_channels: tuple[int, ...] = (512, 512, 256, 128)  # D-RNN 1..4
+    decoder_hidden_kernels: tuple[int, ...] = (1, 1, 3, 3)
+    gain_channels: int = 32  # residual scaling only
+    activation: str = "none"  # after E-Conv and D-Conv 1
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("encoder_channels", "encoder_hidden_kernels", "decoder_channels",
+                     "decoder_hidden_kernels"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        problems = []
+        if self.cell not in CELLS:
+            problems.append(f"cell {self.cell!r} is not one of {', '.join(CELLS)}")
+        if self.mode not in MODES:
+            problems.append(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        if not 0 < self.width <= 8:
+            problems.append(f"width {self.width} is outside (0, 8]")
+        if not 1 <= self.bits <= 1024:
+            problems.append(f"bits {self.bits} is outside 1..1024")
+        if len(self.encoder_channels) != 4 or len(self.encoder_hidden_kernels) != 3:
+            problems.append("the encoder needs 4 channel counts (E-Conv, E-RNN 1..3) and 3 hidden kernels")
+        if len(self.decoder_channels) != 4 or len(self.decoder_hidden_kernels) != 4:
+            problems.append("the decoder needs 4 channel counts and 4 hidden kernels (D-RNN 1..4)")
+        kernels = (self.kernel_size, *self.encoder_hidden_kernels, *self.decoder_hidden_kernels)
+        if any(k < 1 or k % 2 == 0 for k in kernels):
+            problems.append(f"kernel sizes must be odd and positive, got {kernels}")
+        if problems:
+            raise CodecError("invalid codec configuration: " + "; ".join(problems))
+
+    def channels(self, n: int) -> int:
+        """``n`` scaled by ``width``, rounded to a multiple of 4 (depth-to-space needs it)."""
+        return max(4, 4 * round(n * self.width / 4))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CodecConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CodecError(f"unknown codec configuration keys {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
+
+class ConvLSTMCell(nn.Module):
+    """Convolutional LSTM: gates from a (strided) input convolution plus a hidden convolution."""
+
+    def __init__(self, cin: int, hidden: int, kernel: int, stride: int, hidden_kernel: int, bias: bool):
+        super().__init__()
+        self.conv_x = nn.Conv2d(cin, 4 * hidden, kernel, stride, kernel // 2, bias=bias)
+        self.conv_h = nn.Conv2d(hidden, 4 * hidden, hidden_kernel, 1, hidden_kernel // 2, bias=False)
+
+    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Any]:
+        gates = self.conv_x(x)
+        if state is not None:  # the first iteration's state is zero: skip its convolution
+            gates = gates + self.conv_h(state[0])
+        ifo, g = gates.split([3 * gates.shape[1] // 4, gates.shape[1] // 4], dim=1)
+        i, f, o = torch.sigmoid(ifo).chunk(3, dim=1)
+        c = i * torch.tanh(g)
+        if state is not None:
+            c = c + f * state[1]
+        h = o * torch.tanh(c)
+        return h, (h, c)
+
+
+class ConvGRUCell(nn.Module):
+    """Convolutional GRU; the reset gate multiplies the hidden state before the candidate's
+    hidden convolution (Cho et al. 2014, as in Toderici et al. 2017)."""
+
+    def __init__(self, cin: int, hidden: int, kernel: int, stride: int, hidden_kernel: int, bias: bool):
+        super().__init__()
+        self.conv_x = nn.Conv2d(cin, 3 * hidden, kernel, stride, kernel // 2, bias=bias)
+        self.conv_h = nn.Conv2d(hidden, 2 * hidden, hidden_kernel, 1, hidden_kernel // 2, bias=False)
+        self.conv_hn = nn.Conv2d(hidden, hidden, hidden_kernel, 1, hidden_kernel // 2, bias=False)
+
+    def forward(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Any]:
+        gx = self.conv_x(x)
+        zr_x, n_x = gx.split([2 * gx.shape[1] // 3, gx.shape[1] // 3], dim=1)
+        if state is None:  # zero state: h' = (1 - z) * n
+            z = torch.sigmoid(zr_x[:, : n_x.shape[1]])
+            h = (1 - z) * torch.tanh(n_x)
+            return h, h
+        z, r = torch.sigmoid(zr_x + self.conv_h(state)).chunk(2, dim=1)
+        n = torch.tanh(n_x + self.conv_hn(r * state))
+        h = torch.lerp(n, state, z)  # (1 - z) * n + z * h
+        return h, h
+
+
+def _cell(config: CodecConfig, cin: int, hidden: int, stride: int, hidden_kernel: int) -> nn.Module:
+    cls = ConvLSTMCell if config.cell == "lstm" else ConvGRUCell
+    return cls(cin, hidden, config.kernel_size, stride, hidden_kernel, config.bias)
+
+
+def _activation(config: CodecConfig) -> nn.Module:
+    return nn.LeakyReLU(0.2) if config.activation == "leaky-relu" else nn.Identity()
+
+
+class Binarizer(nn.Module):
+    """1×1 conv, tanh, then ±1: stochastic with P(+1) = (1 + x) / 2 and a straight-through
+    gradient in training, deterministic sign (0 → +1) at evaluation."""
+
+    def __init__(self, cin: int, bits: int, bias: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, bits, 1, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.tanh(self.conv(x))
+        if self.training:
+            b = torch.where(torch.rand_like(y) < (1 + y) / 2, 1.0, -1.0)
+            return b + (y - y.detach())  # exactly ±1 forward, identity gradient backward
+        return torch.where(y >= 0, 1.0, -1.0).to(y.dtype)
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: CodecConfig):
+        super().__init__()
+        c = [config.channels(n) for n in config.encoder_channels]
+        self.conv = nn.Conv2d(3, c[0], config.kernel_size, 2, config.kernel_size // 2, bias=config.bias)
+        self.act = _activation(config)
+        self.rnns = nn.ModuleList(
+            _cell(config, c[i], c[i + 1], 2, k) for i, k in enumerate(config.encoder_hidden_kernels)
+        )
+        self.out_channels = c[-1]
+
+    def forward(self, x: Tensor, states: list) -> Tensor:
+        x = self.act(self.conv(x))
+        for i, rnn in enumerate(self.rnns):
+            x, states[i] = rnn(x, states[i])
+        return x
+
+
+class Decoder(nn.Module):
+    """Codes → residual (or image, one-shot). Each D-RNN is followed by depth-to-space ×2."""
+
+    def __init__(self, config: CodecConfig):
+        super().__init__()
+        cin = config.channels(config.decoder_input_channels)
+        self.conv_in = nn.Conv2d(config.bits, cin, 1, bias=config.bias)
+        self.act = _activation(config)
+        rnns = []
+        for n, k in zip(config.decoder_channels, config.decoder_hidden_kernels):
+            hidden = config.channels(n)
+            rnns.append(_cell(config, cin, hidden, 1, k))
+            cin = hidden // 4
+        self.rnns = nn.ModuleList(rnns)
+        self.conv_out = nn.Conv2d(cin, 3, 1, bias=config.bias)
+
+    def forward(self, b: Tensor, states: list) -> Tensor:
+        x = self.act(self.conv_in(b))
+        for i, rnn in enumerate(self.rnns):
+            x, states[i] = rnn(x, states[i])
+            x = F.pixel_shuffle(x, 2)
+        return torch.tanh(self.conv_out(x))
+
+
+class GainEstimator(nn.Module):
+    """Residual scaling (paper §3): a gain per 32×32 block estimated from the current
+    reconstruction, so the decoder can compute it too. Four 3×3 stride-2 convs with ELU,
+    a 2×2 stride-2 conv with ELU, plus 2 so that gains lie in (1, ∞)."""
+
+    def __init__(self, channels: int, bias: bool):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 3
+        for _ in range(4):
+            layers += [nn.Conv2d(cin, channels, 3, 2, 1, bias=bias), nn.ELU()]
+            cin = channels
+        self.features = nn.Sequential(*layers)
+        self.out = nn.Conv2d(cin, 1, 2, 2, bias=bias)
+
+    def forward(self, x_hat: Tensor) -> Tensor:
+        y = self.features(x_hat)
+        y = F.pad(y, (0, y.shape[3] % 2, 0, y.shape[2] % 2), mode="replicate")
+        g = F.elu(self.out(y)) + 2
+        g = g.repeat_interleave(32, dim=2).repeat_interleave(32, dim=3)
+        return g[:, :, : x_hat.shape[2], : x_hat.shape[3]]
+
+
+class RNNCodec(nn.Module):
+    """Encoder, binarizer and decoder applied for several iterations to the residual.
+
+    r₀ = x;  bₜ = B(E(rₜ₋₁));  rₜ = x − x̂ₜ, with x̂ₜ by mode:
+    one-shot x̂ₜ = D(bₜ) / 2; additive x̂ₜ = x̂ₜ₋₁ + D(bₜ); residual scaling
+    x̂ₜ = x̂ₜ₋₁ + D(bₜ) / gₜ₋₁ where the encoder sees rₜ₋₁ · gₜ₋₁ and gₜ = G(x̂ₜ), g₀ = 1.
+    """
+
+    def __init__(self, config: CodecConfig | None = None):
+        super().__init__()
+        self.config = config or CodecConfig()
+        self.encoder = Encoder(self.config)
+        self.binarizer = Binarizer(self.encoder.out_channels, self.config.bits, self.config.bias)
+        self.decoder = Decoder(self.config)
+        self.gain = (
+            GainEstimator(self.config.channels(self.config.gain_channels), self.config.bias)
+            if self.config.mode == "residual-scaling" else None
+        )
+
+    def initial_state(self) -> dict[str, Any]:
+        """The decoder's state before the first iteration (shared by training and decompress)."""
+        return {"rnn": [None] * len(self.decoder.rnns), "x_hat": None, "gain": None}
+
+    def decode_step(self, b: Tensor, state: dict[str, Any]) -> Tensor:
+        """One decoder iteration: codes bₜ → reconstruction x̂ₜ; updates ``state`` in place."""
+        out = self.decoder(b, state["rnn"])
+        x_hat, gain = state["x_hat"], state["gain"]
+        if self.config.mode == "one-shot":
+            x_hat = out / 2
+        else:
+            if gain is not None:
+                out = out / gain
+            x_hat = out if x_hat is None else x_hat + out
+        if self.gain is not None:
+            state["gain"] = self.gain(x_hat)
+        state["x_hat"] = x_hat
+        return x_hat
+
+    def forward(self, x: Tensor, iterations: int) -> dict[str, list[Tensor]]:
+        """Run ``iterations`` steps on ``x`` in [-0.5, 0.5]. Returns per-iteration lists:
+        ``x_hat`` (reconstructions), ``codes`` (±1, N×bits×H/16×W/16), ``residuals`` (x − x̂ₜ)."""
+        if x.shape[2] % STRIDE or x.shape[3] % STRIDE:
+            raise CodecError(f"input height and width must be multiples of {STRIDE}, got {tuple(x.shape[2:])}; pad the image first")
+        if not 1 <= iterations <= MAX_ITERATIONS:
+            raise CodecError(f"iterations must be in 1..{MAX_ITERATIONS}, got {iterations}")
+        enc_states: list = [None] * len(self.encoder.rnns)
+        dec_state = self.initial_state()
+        residual = x
+        out: dict[str, list[Tensor]] = {"x_hat": [], "codes": [], "residuals": []}
+        for _ in range(iterations):
+            gain = dec_state["gain"]
+            b = self.binarizer(self.encoder(residual if gain is None else residual * gain, enc_states))
+            x_hat = self.decode_step(b, dec_state)
+            residual = x - x_hat
+            out["x_hat"].append(x_hat)
+            out["codes"].append(b)
+            out["residuals"].append(residual)
+        return out

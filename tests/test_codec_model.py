@@ -1,0 +1,116 @@
+"""The network: sizes, bit counts, the binarizer, the cells, and that every variant learns."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from codec import CELLS, MODES, CodecConfig, CodecError, RNNCodec, train_step
+from codec.model import Binarizer, ConvGRUCell
+
+
+def test_paper_size_lstm_has_the_published_parameter_count():
+    model = RNNCodec(CodecConfig(cell="lstm"))
+    weights = sum(p.numel() for p in model.parameters() if p.dim() > 1)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"paper-size LSTM: {weights:,} weights, {total:,} parameters with biases")
+    assert weights == 35_456_800  # the public PyTorch port, which has no biases
+    assert total - weights == 11_363  # one bias per gate and per plain convolution
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("size", [(32, 32), (48, 80)])
+def test_each_iteration_emits_exactly_one_eighth_bit_per_pixel(cell, mode, size):
+    model = RNNCodec(CodecConfig(cell=cell, mode=mode, width=0.125))
+    x = torch.rand(2, 3, *size) - 0.5
+    out = model(x, iterations=3)
+    assert [len(out[k]) for k in ("x_hat", "codes", "residuals")] == [3, 3, 3]
+    for b, x_hat, r in zip(out["codes"], out["x_hat"], out["residuals"]):
+        assert b.shape == (2, 32, size[0] // 16, size[1] // 16)
+        assert b[0].numel() == size[0] * size[1] // 8  # 0.125 bpp; 128 bits per 32×32 patch
+        assert set(b.unique().tolist()) <= {-1.0, 1.0}
+        assert x_hat.shape == x.shape
+        torch.testing.assert_close(r, x - x_hat)
+
+
+def test_width_scales_every_channel_count_but_the_code_bits():
+    model = RNNCodec(CodecConfig(width=0.25))
+    assert model.encoder.conv.out_channels == 16
+    assert model.binarizer.conv.out_channels == 32
+    assert model.decoder.conv_in.out_channels == 128
+    assert [r.conv_h.in_channels for r in model.decoder.rnns] == [128, 128, 64, 32]
+
+
+def test_inputs_and_configurations_are_checked():
+    with pytest.raises(CodecError, match="multiples of 16"):
+        RNNCodec(CodecConfig(width=0.125))(torch.zeros(1, 3, 30, 32), 1)
+    with pytest.raises(CodecError, match="iterations must be in 1..16"):
+        RNNCodec(CodecConfig(width=0.125))(torch.zeros(1, 3, 32, 32), 17)
+    with pytest.raises(CodecError, match="cell 'rnn' is not one of lstm, gru"):
+        CodecConfig(cell="rnn")
+    with pytest.raises(CodecError, match="unknown codec configuration keys"):
+        CodecConfig.from_dict({"cells": "lstm"})
+    assert CodecConfig.from_dict(CodecConfig(width=0.5).to_dict()) == CodecConfig(width=0.5)
+
+
+def test_binarizer_is_stochastic_and_unbiased_in_training_and_sign_at_evaluation():
+    torch.manual_seed(0)
+    binarizer = Binarizer(4, 4, bias=False)
+    x = torch.linspace(-2, 2, 4 * 64 * 64).reshape(1, 4, 64, 64)
+    y = torch.tanh(binarizer.conv(x))
+    samples = torch.stack([binarizer(x) for _ in range(1000)])
+    assert set(samples.unique().tolist()) == {-1.0, 1.0}
+    assert (samples.mean(0) - y).abs().mean() < 0.04  # E[b] = tanh(W x); sampling error ≈ 0.025
+    binarizer.eval()
+    assert torch.equal(binarizer(x), torch.where(y >= 0, 1.0, -1.0))
+    with torch.no_grad():
+        binarizer.conv.weight.zero_()
+    assert torch.equal(binarizer(x), torch.ones_like(x))  # 0 maps to +1
+
+
+def test_gradients_pass_the_binarizer_to_the_encoder():
+    model = RNNCodec(CodecConfig(width=0.125)).train()
+    out = model(torch.rand(2, 3, 32, 32) - 0.5, iterations=2)
+    sum(r.abs().mean() for r in out["residuals"]).backward()
+    for name, p in model.encoder.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert model.binarizer.conv.weight.grad.abs().sum() > 0
+
+
+def test_gru_reset_gate_multiplies_the_hidden_state_before_its_convolution():
+    torch.manual_seed(0)
+    cell = ConvGRUCell(3, 4, kernel=3, stride=1, hidden_kernel=3, bias=True)
+    x, h = torch.randn(1, 3, 8, 8), torch.randn(1, 4, 8, 8)
+    wx, bx = cell.conv_x.weight, cell.conv_x.bias
+    z = torch.sigmoid(F.conv2d(x, wx[:4], bx[:4], padding=1) + F.conv2d(h, cell.conv_h.weight[:4], padding=1))
+    r = torch.sigmoid(F.conv2d(x, wx[4:8], bx[4:8], padding=1) + F.conv2d(h, cell.conv_h.weight[4:], padding=1))
+    n = torch.tanh(F.conv2d(x, wx[8:], bx[8:], padding=1) + F.conv2d(r * h, cell.conv_hn.weight, padding=1))
+    out, state = cell(x, h)
+    torch.testing.assert_close(out, (1 - z) * n + z * h)
+    assert state is out
+
+
+def _smooth_batch() -> torch.Tensor:
+    torch.manual_seed(0)
+    noise = torch.randint(0, 256, (4, 3, 32, 32)).float()
+    return F.avg_pool2d(noise, 5, 1, 2).round().to(torch.uint8)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("mode", MODES)
+def test_every_cell_and_mode_overfits_a_fixed_batch(cell, mode):
+    """Stated factor: the mean L1 loss of the last 10 of 150 steps is at most 1/2.5 of the first."""
+    pixels = _smooth_batch()
+    model = RNNCodec(CodecConfig(cell=cell, mode=mode, width=0.125))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = [train_step(model, optimizer, pixels, iterations=2, loss="l1") for _ in range(150)]
+    assert sum(losses[-10:]) / 10 < losses[0] / 2.5, (losses[0], losses[-10:])
+
+
+@pytest.mark.parametrize("loss", ["mse", "ms-ssim"])
+def test_the_other_losses_train_too(loss):
+    pixels = _smooth_batch()
+    model = RNNCodec(CodecConfig(cell="gru", mode="one-shot", width=0.125))
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    losses = [train_step(model, optimizer, pixels, iterations=2, loss=loss) for _ in range(80)]
+    assert sum(losses[-10:]) / 10 < losses[0] / 2, (losses[0], losses[-10:])
