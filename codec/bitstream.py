@@ -13,7 +13,7 @@ reads only the first k, and a file cut short still decodes up to its last comple
 Large images are coded in independent tiles (1024×1024 by default) to bound memory; the tile
 side is in the header so the decoder uses the same grid. The codes are stored raw (no entropy
 coding), as in the paper's curves without it: 0.125 bpp per iteration plus 4 bytes per
-iteration and 28 bytes of header.
+iteration and 29 bytes of header.
 """
 
 from __future__ import annotations
