@@ -188,6 +188,11 @@ class Decoder(nn.Module):
             cin = hidden // 4
         self.rnns = nn.ModuleList(rnns)
         self.conv_out = nn.Conv2d(cin, 3, 1, bias=config.bias)
+        # Start from a mid-grey reconstruction rather than a random one: the first few hundred
+        # steps otherwise go into undoing the random output (measured in the codec issue's note).
+        nn.init.zeros_(self.conv_out.weight)
+        if config.bias:
+            nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, b: Tensor, states: list) -> Tensor:
         x = self.act(self.conv_in(b))
