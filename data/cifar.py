@@ -1,0 +1,292 @@
+"""CIFAR-10 and CIFAR-100 from their official python archives (``.tar.gz`` or extracted folder).
+
+The batches are Python 2 pickles. They are unpickled only once their md5 matches the officially
+published sums, or when the caller passed ``accept_unverified=True`` (``--accept-unverified``), and
+even then with an unpickler that resolves nothing but the numpy array constructors.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import pickle
+import tarfile
+import warnings
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from data.errors import DataError
+from data.progress import progress_bar
+from data.shards import IMAGE_BYTES, Rows, file_digest
+
+FLAG = "--accept-unverified"
+CHUNK = 10_000
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where an official CIFAR archive keeps what, and its published md5 sums (as torchvision lists them)."""
+
+    name: str
+    title: str
+    url: str
+    archive: str
+    archive_md5: str
+    folder: str
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    meta: str
+    md5: dict[str, str]
+    label_keys: tuple[str, ...]  # fine label first; CIFAR-100 adds the coarse one
+    class_keys: tuple[str, ...]
+    classes: tuple[int, ...]
+
+
+CIFAR10 = Layout(
+    name="cifar10",
+    title="CIFAR-10",
+    url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    archive="cifar-10-python.tar.gz",
+    archive_md5="c58f30108f718f92721af3b95e74349a",
+    folder="cifar-10-batches-py",
+    train=tuple(f"data_batch_{i}" for i in range(1, 6)),
+    test=("test_batch",),
+    meta="batches.meta",
+    md5={
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e",
+        "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+    },
+    label_keys=("labels",),
+    class_keys=("label_names",),
+    classes=(10,),
+)
+
+CIFAR100 = Layout(
+    name="cifar100",
+    title="CIFAR-100",
+    url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    archive="cifar-100-python.tar.gz",
+    archive_md5="eb9058c3a382ffc7106e4002c42a8d85",
+    folder="cifar-100-python",
+    train=("train",),
+    test=("test",),
+    meta="meta",
+    md5={
+        "train": "16019d7e3df5f24257cddd939b257f8d",
+        "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+        "meta": "7973b15100ade9c7d40fb424638fde48",
+    },
+    label_keys=("fine_labels", "coarse_labels"),
+    class_keys=("fine_label_names", "coarse_label_names"),
+    classes=(100, 20),
+)
+
+LAYOUTS = {layout.name: layout for layout in (CIFAR10, CIFAR100)}
+
+
+def locate(layout: Layout, root: Path) -> Path:
+    """The archive file or extracted folder of ``layout`` at ``root`` (itself, or inside it)."""
+    root = Path(root).expanduser()
+    if root.is_file():
+        return root
+    for candidate in (root, root / layout.folder):
+        if (candidate / layout.meta).is_file():
+            return candidate
+    if (root / layout.archive).is_file():
+        return root / layout.archive
+    raise DataError(
+        f"no {layout.title} found at {root}: give --root the {layout.archive} file, its extracted "
+        f"{layout.folder}/ folder, or a folder holding either"
+    )
+
+
+def _md5(payload: bytes) -> str:
+    return hashlib.md5(payload, usedforsecurity=False).hexdigest()
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Resolves only what a CIFAR batch needs: numpy array reconstruction."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refers to {module}.{name}, which no CIFAR batch does")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return super().find_class(module, name)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images (n, 3, 32, 32) uint8 and their labels (one array per label key)."""
+
+    pixels: np.ndarray
+    labels: tuple[np.ndarray, ...]
+
+
+class CifarArchive:
+    """One official CIFAR archive, checked against the published md5 sums when opened."""
+
+    def __init__(self, layout: Layout, location: Path, *, accept_unverified: bool = False) -> None:
+        self.layout, self.location = layout, Path(location)
+        self.accept_unverified = accept_unverified
+        self.fingerprint = self._check()
+
+    @property
+    def _needed(self) -> tuple[str, ...]:
+        return (*self.layout.train, *self.layout.test, self.layout.meta)
+
+    def _members(self) -> Iterator[tuple[str, bytes]]:
+        """Yield (file name, bytes) of every needed file, from the tar stream or the folder."""
+        needed = set(self._needed)
+        if self.location.is_dir():
+            for name in self._needed:
+                path = self.location / name
+                if not path.is_file():
+                    raise DataError(
+                        f"{self.location} lacks {name}: it is not a complete {self.layout.folder}/ folder; "
+                        "extract the archive again"
+                    )
+                yield name, path.read_bytes()
+            return
+        try:
+            with tarfile.open(self.location, mode="r|gz") as tar:
+                for member in tar:
+                    parent, _, name = member.name.rpartition("/")
+                    if member.isfile() and name in needed and parent.rpartition("/")[2] == self.layout.folder:
+                        needed.discard(name)
+                        yield name, tar.extractfile(member).read()
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise DataError(
+                f"{self.location} is truncated or not a gzip tar ({exc}); download {self.layout.archive} again"
+            ) from exc
+        if needed:
+            raise DataError(
+                f"{self.location} lacks {', '.join(sorted(needed))}: it is not the {self.layout.title} "
+                f"python archive ({self.layout.archive})"
+            )
+
+    def _check(self) -> dict:
+        """A fingerprint for cache keys; raises unless verified or accepted."""
+        identity = {"dataset": self.layout.name}
+        if self.location.is_file() and file_digest(self.location, "md5") == self.layout.archive_md5:
+            return {**identity, "official": True}
+        with progress_bar(f"checking {self.layout.title} md5 sums", len(self._needed)) as advance:
+            digests = {}
+            for name, payload in self._members():
+                digests[name] = _md5(payload)
+                advance(1)
+        wrong = sorted(n for n, d in digests.items() if d != self.layout.md5[n])
+        if not wrong:
+            return {**identity, "official": True}
+        if not self.accept_unverified:
+            raise DataError(
+                f"{self.location}: {', '.join(wrong)} do not match the official {self.layout.title} md5 sums; "
+                f"download the official {self.layout.archive}, or pass {FLAG} if you trust this copy"
+            )
+        return {**identity, "official": False, "md5": digests}
+
+    def _unpickle(self, name: str, payload: bytes) -> dict:
+        expected = self.fingerprint.get("md5", self.layout.md5)
+        tar_verified = self.fingerprint["official"] and self.location.is_file()
+        if not tar_verified and _md5(payload) != expected[name]:
+            raise DataError(f"{self.location}: {name} changed while being read; prepare again")
+        try:
+            batch = _ArrayUnpickler(io.BytesIO(payload), encoding="latin1").load()
+        except Exception as exc:  # any failure to parse a pickle is bad input
+            raise DataError(
+                f"{self.location}: {name} is not a readable CIFAR batch ({exc}); download {self.layout.archive} again"
+            ) from exc
+        if not isinstance(batch, dict):
+            raise DataError(f"{self.location}: {name} is not a CIFAR batch (a {type(batch).__name__}, not a dict)")
+        return batch
+
+    def _parse(self, name: str, batch: dict) -> Split:
+        data = batch.get("data")
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != IMAGE_BYTES:
+            raise DataError(
+                f"{self.location}: {name} has no uint8 N×{IMAGE_BYTES} 'data' array; "
+                f"it is not a {self.layout.title} batch"
+            )
+        labels = []
+        for key, classes in zip(self.layout.label_keys, self.layout.classes):
+            values = np.asarray(batch.get(key, ()), dtype=np.int64)
+            if values.shape != (len(data),) or (values.size and (values.min() < 0 or values.max() >= classes)):
+                raise DataError(
+                    f"{self.location}: {name} needs {len(data)} '{key}' in 0..{classes - 1}; "
+                    f"it is not a {self.layout.title} batch"
+                )
+            labels.append(values.astype(np.int16))
+        return Split(data.reshape(-1, 3, 32, 32), tuple(labels))
+
+    @cached_property
+    def data(self) -> dict:
+        """{"train": Split, "val": Split, "classes": {key: [names]}} read from the archive."""
+        parsed, classes = {}, {}
+        with progress_bar(f"reading {self.layout.title}", len(self._needed)) as advance:
+            for name, payload in self._members():
+                batch = self._unpickle(name, payload)
+                if name == self.layout.meta:
+                    classes = {key: [str(c) for c in batch.get(key, ())] for key in self.layout.class_keys}
+                else:
+                    parsed[name] = self._parse(name, batch)
+                advance(1)
+
+        def join(names: tuple[str, ...]) -> Split:
+            parts = [parsed[n] for n in names]
+            return Split(
+                np.concatenate([p.pixels for p in parts]),
+                tuple(np.concatenate(ls) for ls in zip(*(p.labels for p in parts))),
+            )
+
+        return {"train": join(self.layout.train), "val": join(self.layout.test), "classes": classes}
+
+
+class CifarSource:
+    """One or both CIFAR datasets as a source of rows; labels stay with their source."""
+
+    def __init__(self, archives: list[CifarArchive]) -> None:
+        self.archives = archives
+        self.names = [a.layout.name for a in archives]
+        self.fingerprint = {"cifar": [a.fingerprint for a in archives]}
+
+    def count(self, split: str) -> int:
+        return sum(len(a.data[split].pixels) for a in self.archives)
+
+    def chunks(self, split: str) -> Iterator[Rows]:
+        for code, archive in enumerate(self.archives):
+            part = archive.data[split]
+            for start in range(0, len(part.pixels), CHUNK):
+                stop = min(start + CHUNK, len(part.pixels))
+                labels = [ls[start:stop] for ls in part.labels]
+                yield Rows.build(
+                    part.pixels[start:stop],
+                    source=code,
+                    label=labels[0],
+                    coarse_label=labels[1] if len(labels) > 1 else None,
+                    index=np.arange(start, stop),
+                )
+
+    def describe(self) -> dict:
+        return {
+            a.layout.name: {"location": str(a.location), **a.fingerprint, "classes": a.data["classes"]}
+            for a in self.archives
+        }

@@ -1,0 +1,215 @@
+"""Arrow IPC shards and their ``manifest.json``: schema, writing, verification."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from data.errors import DataError
+from data.progress import progress_bar
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+IMAGE_SHAPE = (3, 32, 32)
+IMAGE_BYTES = 3 * 32 * 32
+DEFAULT_ROWS_PER_SHARD = 65536  # 201 MB per shard
+SPLITS = ("train", "val")
+
+SCHEMA = pa.schema(
+    [
+        pa.field("pixels", pa.binary(IMAGE_BYTES), nullable=False),
+        pa.field("label", pa.int16(), nullable=False),
+        pa.field("coarse_label", pa.int16(), nullable=False),
+        pa.field("source", pa.dictionary(pa.int32(), pa.string()), nullable=False),
+        pa.field("index", pa.int64(), nullable=False),
+        pa.field("rotation", pa.int8(), nullable=False),
+    ],
+    metadata={
+        "pixels": "uint8 3x32x32, channel-major (CIFAR layout)",
+        "label": "class label within its source, -1 when none",
+        "coarse_label": "CIFAR-100 coarse label, -1 when none",
+        "source": "dataset or photo each row comes from",
+        "index": "row index in the original source split (photos: tile index in the image)",
+        "rotation": "counter-clockwise quarter turns applied",
+    },
+)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A chunk of images and their provenance; ``source`` holds codes into a list of names."""
+
+    pixels: np.ndarray  # (n, 3, 32, 32) uint8
+    label: np.ndarray  # (n,) int16
+    coarse_label: np.ndarray  # (n,) int16
+    source: np.ndarray  # (n,) int32
+    index: np.ndarray  # (n,) int64
+    rotation: np.ndarray  # (n,) int8
+
+    @classmethod
+    def build(
+        cls,
+        pixels: np.ndarray,
+        *,
+        source: int,
+        label: np.ndarray | None = None,
+        coarse_label: np.ndarray | None = None,
+        index: np.ndarray | None = None,
+    ) -> Rows:
+        """Rows of one source, unrotated; missing labels are -1 and the index counts from 0."""
+        n = len(pixels)
+        return cls(
+            pixels=np.ascontiguousarray(pixels, dtype=np.uint8).reshape(n, *IMAGE_SHAPE),
+            label=np.full(n, -1, np.int16) if label is None else np.asarray(label, np.int16),
+            coarse_label=np.full(n, -1, np.int16) if coarse_label is None else np.asarray(coarse_label, np.int16),
+            source=np.full(n, source, np.int32),
+            index=np.arange(n, dtype=np.int64) if index is None else np.asarray(index, np.int64),
+            rotation=np.zeros(n, np.int8),
+        )
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def take(self, selection: np.ndarray) -> Rows:
+        """The rows picked by a boolean mask or an index array."""
+        return Rows(*(getattr(self, f)[selection] for f in self.__dataclass_fields__))
+
+    def rotated(self, quarter_turns: int) -> Rows:
+        """The same rows turned counter-clockwise by ``quarter_turns`` × 90°."""
+        if quarter_turns % 4 == 0:
+            return self
+        pixels = np.ascontiguousarray(np.rot90(self.pixels, quarter_turns, axes=(2, 3)))
+        rotation = ((self.rotation + quarter_turns) % 4).astype(np.int8)
+        return Rows(pixels, self.label, self.coarse_label, self.source, self.index, rotation)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Rows]) -> Rows:
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in cls.__dataclass_fields__))
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 16 MiB blocks."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _record_batch(rows: Rows, names: Sequence[str]) -> pa.RecordBatch:
+    n = len(rows)
+    pixels = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(IMAGE_BYTES), n, [None, pa.py_buffer(np.ascontiguousarray(rows.pixels).reshape(-1))]
+    )
+    codes, inverse = np.unique(rows.source, return_inverse=True)
+    source = pa.DictionaryArray.from_arrays(
+        pa.array(inverse.astype(np.int32)), pa.array([names[c] for c in codes], pa.string())
+    )
+    columns = [pixels, rows.label, rows.coarse_label, source, rows.index, rows.rotation]
+    return pa.RecordBatch.from_arrays([pa.array(c) if isinstance(c, np.ndarray) else c for c in columns], schema=SCHEMA)
+
+
+class ShardWriter:
+    """Writes one split as ``{split}-00000.arrow``… of at most ``rows_per_shard`` rows, one record batch each."""
+
+    def __init__(self, folder: Path, split: str, source_names: Sequence[str], rows_per_shard: int) -> None:
+        self.folder, self.split, self.names, self.rows_per_shard = (
+            Path(folder),
+            split,
+            list(source_names),
+            rows_per_shard,
+        )
+        self._pending: list[Rows] = []
+        self._pending_rows = 0
+        self.shards: list[dict] = []
+
+    def write(self, rows: Rows) -> None:
+        """Queue rows; every full shard is written at once."""
+        if len(rows):
+            self._pending.append(rows)
+            self._pending_rows += len(rows)
+        while self._pending_rows >= self.rows_per_shard:
+            everything = Rows.concat(self._pending)
+            self._flush(everything.take(slice(0, self.rows_per_shard)))
+            rest = everything.take(slice(self.rows_per_shard, None))
+            self._pending, self._pending_rows = ([rest] if len(rest) else []), len(rest)
+
+    def close(self) -> dict:
+        """Write the last partial shard; return the split's manifest entry."""
+        if self._pending_rows:
+            self._flush(Rows.concat(self._pending))
+            self._pending, self._pending_rows = [], 0
+        return {"rows": sum(s["rows"] for s in self.shards), "shards": self.shards}
+
+    def _flush(self, rows: Rows) -> None:
+        path = self.folder / f"{self.split}-{len(self.shards):05d}.arrow"
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
+            writer.write_batch(_record_batch(rows, self.names))
+        self.shards.append(
+            {"file": path.name, "rows": len(rows), "bytes": path.stat().st_size, "sha256": file_digest(path)}
+        )
+
+
+def write_json(path: Path, payload: dict) -> None:
+    """Write JSON atomically: a temporary file in the same folder, then a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(folder: Path) -> dict:
+    """The manifest of a prepared folder, checked for format and shape."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise DataError(
+            f"{folder} holds no {MANIFEST}: it is not a prepared dataset; run `rnncodec data prepare` first"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+        splits = manifest["splits"]
+        for entry in splits.values():
+            for shard in entry["shards"]:
+                shard["file"], shard["rows"], shard["bytes"], shard["sha256"]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{path} is unreadable or incomplete ({exc!r}); delete {folder} and prepare it again") from exc
+    if manifest.get("format") != FORMAT_VERSION:
+        raise DataError(
+            f"{folder} was written in data format {manifest.get('format')}, "
+            f"this version reads {FORMAT_VERSION}; prepare it again"
+        )
+    return manifest
+
+
+def split_entry(manifest: dict, split: str, folder: Path) -> dict:
+    """The manifest entry of one split, or a DataError naming the splits there are."""
+    try:
+        return manifest["splits"][split]
+    except KeyError:
+        raise DataError(f"{folder} has no split {split!r}; choose one of {sorted(manifest['splits'])}") from None
+
+
+def verify(folder: Path, manifest: dict, splits: Iterable[str] | None = None, *, full: bool = True) -> None:
+    """Check every shard's size (and sha256 when ``full``) against the manifest; DataError on any mismatch."""
+    folder = Path(folder)
+    shards = [s for name in (splits or manifest["splits"]) for s in split_entry(manifest, name, folder)["shards"]]
+    fix = f"delete {folder} and run `rnncodec data prepare` again"
+    with progress_bar("verifying shards", sum(s["bytes"] for s in shards) if full else None) as advance:
+        for shard in shards:
+            path = folder / shard["file"]
+            size = path.stat().st_size if path.is_file() else None
+            if size is None:
+                raise DataError(f"shard {path} is missing; {fix}")
+            if size != shard["bytes"]:
+                raise DataError(
+                    f"shard {path} is truncated or altered ({size} bytes, manifest says {shard['bytes']}); {fix}"
+                )
+            if full and file_digest(path) != shard["sha256"]:
+                raise DataError(f"shard {path} is altered (sha256 differs from the manifest); {fix}")
+            advance(shard["bytes"] if full else 0)
