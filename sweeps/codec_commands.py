@@ -15,9 +15,10 @@ import codec
 from codec.image import list_images, write_atomic
 from codec.model import MAX_ITERATIONS
 from codec.training import random_patches
-from data import sample_images
+from data import open_split, sample_images
+from data.loader import BatchLoader
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _iterations(text: str) -> int:
@@ -40,8 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one codec on random 32×32 patches of a folder of images",
                        description="Train one codec (no Ray) on random 32×32 patches of the images in a "
                        "folder, or of the built-in sample photographs, and write a checkpoint.")
-    p.add_argument("--data", required=True, metavar="DIR|sample",
-                   help="folder of PNG/JPEG images, or 'sample' for the photographs shipped with scikit-image")
+    p.add_argument("--data", required=True, metavar="DIR|SHARDS|sample",
+                   help="folder of PNG/JPEG images (random crops), a folder written by `rnncodec data prepare` "
+                   "(its train split, shuffled per epoch), or 'sample' for the photographs shipped with scikit-image")
     p.add_argument("--out", required=True, type=Path, metavar="CKPT", help="checkpoint file to write")
     p.add_argument("--cell", choices=codec.CELLS, default="lstm", help="recurrent cell (default: lstm)")
     p.add_argument("--mode", choices=codec.MODES, default="additive", help="reconstruction mode (default: additive)")
@@ -88,6 +90,32 @@ def _device(name: str) -> torch.device:
     return device
 
 
+class _PatchStream:
+    """Endless uint8 batches of 32×32 patches, plus a fixed held-out batch, from ``--data``."""
+
+    def __init__(self, spec: str, batch_size: int, seed: int):
+        if (Path(spec) / "manifest.json").is_file():
+            self.loader = BatchLoader(open_split(spec, "train"), batch_size, seed=seed)
+            with open_split(spec, "val") as val:
+                count = min(256, len(val))
+                self.held_out = torch.from_numpy(val.images(np.linspace(0, len(val) - 1, count).astype(np.int64)))
+            self.description = f"{len(self.loader.reader):,} prepared patches"
+        else:
+            self.loader = None
+            self.images = _training_images(spec)
+            self.rng = np.random.default_rng(seed)
+            self.batch_size = batch_size
+            self.held_out = random_patches(self.images, 256, np.random.default_rng(seed + 1))
+            self.description = f"random crops of {len(self.images)} images"
+
+    def __iter__(self):
+        while True:
+            if self.loader is None:
+                yield random_patches(self.images, self.batch_size, self.rng)
+            else:
+                yield from self.loader
+
+
 def _training_images(spec: str) -> list[np.ndarray]:
     if spec == "sample":
         images = [im for _, im in sample_images()]
@@ -101,29 +129,26 @@ def _training_images(spec: str) -> list[np.ndarray]:
 
 def train(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
     device = _device(args.device)
-    images = _training_images(args.data)
+    stream = _PatchStream(args.data, args.batch_size, args.seed)
     config = codec.CodecConfig(cell=args.cell, mode=args.mode, width=args.width, activation=args.activation)
     model = codec.RNNCodec(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.steps)
-    held_out = random_patches(images, 256, np.random.default_rng(args.seed + 1))
     params = sum(p.numel() for p in model.parameters())
     console.print(f"training {args.cell}/{args.mode} width {args.width} ({params:,} parameters) on "
-                  f"{len(images)} images, {args.iterations} iterations, batch {args.batch_size}, {device}")
+                  f"{stream.description}, {args.iterations} iterations, batch {args.batch_size}, {device}")
     start = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("train", total=args.steps, loss=float("nan"))
-        for step in range(args.steps):
-            batch = random_patches(images, args.batch_size, rng)
+        for _, batch in zip(range(args.steps), stream):
             loss = codec.train_step(model, optimizer, batch, args.iterations, args.loss, amp=args.amp)
             schedule.step()
             progress.update(task, advance=1, loss=loss)
     codec.save_checkpoint(args.out, model, steps=args.steps, loss=args.loss, data=str(args.data))
-    quality = codec.evaluate(model, held_out, args.iterations)
+    quality = codec.evaluate(model, stream.held_out, args.iterations)
     psnr = " ".join(f"{v:.2f}" for v in quality["psnr"])
     console.print(f"wrote {args.out} after {time.perf_counter() - start:.0f} s; held-out PSNR (dB) at "
                   f"0.125..{0.125 * args.iterations:g} bpp: {psnr}")

@@ -72,3 +72,13 @@ def test_bad_input_gives_one_clear_line(trained, tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y.png").exists()
     usage = run("compress", str(tmp_path / "ok.png"), str(tmp_path / "x"), "--checkpoint", str(trained), "--iterations", "17")
     assert usage.returncode == 2 and "must be in 1..16" in usage.stderr
+
+
+def test_train_reads_prepared_arrow_shards(tmp_path):
+    shards = tmp_path / "shards"
+    prepared = run("data", "prepare", "--source", "sample", "--out", str(shards))
+    assert prepared.returncode == 0, prepared.stderr
+    result = run("train", "--data", str(shards), "--out", str(tmp_path / "m.pt"), "--steps", "2", "--width", "0.125",
+                 "--iterations", "1", "--batch-size", "8")
+    assert result.returncode == 0, result.stderr
+    assert "prepared patches" in result.stderr and (tmp_path / "m.pt").is_file()
