@@ -56,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=_positive(float), default=5e-4, help="Adam learning rate (default: 5e-4)")
     p.add_argument("--activation", choices=("none", "leaky-relu"), default="none",
                    help="non-linearity after E-Conv and D-Conv 1 (default: none, as the paper)")
+    p.add_argument("--save-every", type=_positive(int), default=500, metavar="STEPS",
+                   help="also write the checkpoint every STEPS steps (default: 500)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'")
     p.add_argument("--amp", action="store_true", help="bfloat16 mixed precision (useful on GPUs)")
@@ -143,11 +145,12 @@ def train(args: argparse.Namespace) -> int:
                TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("train", total=args.steps, loss=float("nan"))
-        for _, batch in zip(range(args.steps), stream):
+        for step, batch in zip(range(1, args.steps + 1), stream):
             loss = codec.train_step(model, optimizer, batch, args.iterations, args.loss, amp=args.amp)
             schedule.step()
             progress.update(task, advance=1, loss=loss)
-    codec.save_checkpoint(args.out, model, steps=args.steps, loss=args.loss, data=str(args.data))
+            if step % args.save_every == 0 or step == args.steps:
+                codec.save_checkpoint(args.out, model, steps=step, loss=args.loss, data=str(args.data))
     quality = codec.evaluate(model, stream.held_out, args.iterations)
     psnr = " ".join(f"{v:.2f}" for v in quality["psnr"])
     console.print(f"wrote {args.out} after {time.perf_counter() - start:.0f} s; held-out PSNR (dB) at "
