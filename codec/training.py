@@ -46,29 +46,36 @@ def train_step(model: RNNCodec, optimizer: torch.optim.Optimizer, pixels: Tensor
 
 
 @torch.inference_mode()
-def evaluate(model: RNNCodec, pixels: Tensor, iterations: int, batch_size: int = 256,
-             amp: bool = False) -> dict[str, list[float]]:
-    """Evaluation-mode quality after each iteration on uint8 images: mean PSNR (dB, per image
-    on 8-bit RGB, then averaged) and mean MS-SSIM, each a list of length ``iterations``."""
+def evaluate(model: RNNCodec, pixels: Tensor, iterations: int, batch_size: int = 256, amp: bool = False,
+             keep: int = 0) -> dict[str, list]:
+    """Evaluation-mode quality after each iteration on uint8 images, each a list of length
+    ``iterations``: mean ``psnr`` (dB, per image on 8-bit RGB, then averaged), mean ``ms_ssim`` and
+    mean absolute ``residual``; with ``keep`` > 0 also ``reconstructions``, the uint8
+    reconstructions of the first ``keep`` images (at most one batch) after each iteration."""
     device = _device(model)
     was_training = model.training
     model.eval()
-    psnr_sum = np.zeros(iterations)
-    ssim_sum = np.zeros(iterations)
+    sums = {k: np.zeros(iterations) for k in ("psnr", "ms_ssim", "residual")}
+    kept: list[Tensor] = []
     try:
         for start in range(0, len(pixels), batch_size):
             ref = pixels[start : start + batch_size].to(device)
             with _autocast(device, amp):
                 out = model(to_input(ref), iterations)
-            for t, x_hat in enumerate(out["x_hat"]):
+            for t, (x_hat, r) in enumerate(zip(out["x_hat"], out["residuals"])):
                 rec = to_pixels(x_hat.float())
                 mse = (rec.float() - ref.float()).square().flatten(1).mean(1)
-                psnr_sum[t] += (10 * torch.log10(255**2 / mse.clamp_min(1e-10))).sum().item()
-                ssim_sum[t] += ms_ssim(rec.float(), ref.float(), data_range=255).sum().item()
+                sums["psnr"][t] += (10 * torch.log10(255**2 / mse.clamp_min(1e-10))).sum().item()
+                sums["ms_ssim"][t] += ms_ssim(rec.float(), ref.float(), data_range=255).sum().item()
+                sums["residual"][t] += r.float().abs().flatten(1).mean(1).sum().item()
+                if start == 0 and keep:
+                    kept.append(rec[:keep].cpu())
     finally:
         model.train(was_training)
-    n = len(pixels)
-    return {"psnr": list(psnr_sum / n), "ms_ssim": list(ssim_sum / n)}
+    result: dict[str, list] = {k: list(v / len(pixels)) for k, v in sums.items()}
+    if keep:
+        result["reconstructions"] = kept
+    return result
 
 
 def random_patches(images: list[np.ndarray], count: int, rng: np.random.Generator, size: int = 32) -> Tensor:

@@ -1,0 +1,291 @@
+"""Start or join Ray, prepare the data once, build the Tuner, run a sweep or resume it.
+
+A sweep lives in one folder, ``STORAGE/NAME`` (a local folder or a pyarrow URI such as
+``s3://bucket/sweeps/NAME``): Tune's experiment state and trial folders, each trial's checkpoints,
+``sweep.json`` (the validated sweep file, the prepared data's location, the W&B settings and the
+sweep's id) and, for local storage, the offline W&B runs under ``wandb/``. ``resume`` needs only
+that folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from sweeps.spec import SweepError, Sweep, check_resources, load_spec
+from sweeps.trainable import filesystem, tune_trainable
+from sweeps.wandb_logging import resolve_mode
+
+SWEEP_FILE = "sweep.json"
+OBJECT_STORE_BYTES = 200 * 1024 * 1024
+# Tune saves its experiment state at most this often (seconds); trials also find newer checkpoints
+# themselves, so a driver killed between two saves loses nothing.
+EXPERIMENT_STATE_PERIOD_S = "2"
+
+
+def experiment_location(storage: str, name: str) -> str:
+    if "://" in storage:
+        return f"{storage.rstrip('/')}/{name}"
+    return str(Path(storage).expanduser().resolve() / name)
+
+
+def read_sweep_file(location: str) -> dict[str, Any]:
+    """``sweep.json`` of a sweep folder; SweepError when the folder is no sweep."""
+    fs, path = filesystem(location)
+    try:
+        with fs.open_input_stream(f"{path}/{SWEEP_FILE}") as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, OSError):
+        raise SweepError(f"{location} is not a sweep folder (no {SWEEP_FILE}); give the STORAGE/NAME folder "
+                         "that `rnncodec sweep run` printed") from None
+    except json.JSONDecodeError as exc:
+        raise SweepError(f"{location}/{SWEEP_FILE} is damaged ({exc}); the sweep cannot be resumed") from None
+
+
+def _write_sweep_file(location: str, content: dict[str, Any]) -> None:
+    fs, path = filesystem(location)
+    fs.create_dir(path, recursive=True)
+    body = json.dumps(content, indent=2, sort_keys=True).encode()
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = Path(path) / f".{SWEEP_FILE}.tmp"
+        tmp.write_bytes(body)
+        os.replace(tmp, Path(path) / SWEEP_FILE)
+    else:  # object stores write whole objects atomically
+        with fs.open_output_stream(f"{path}/{SWEEP_FILE}") as f:
+            f.write(body)
+
+
+def prepare_data(spec: Sweep) -> str:
+    """Prepare (or reuse and verify) the sweep's data once, before any trial; return its location."""
+    import data
+
+    d = spec.data
+    if d["location"]:
+        for split in ("train", "val"):
+            data.open_split(d["location"], split, verify_sha256=True, cache_dir=d["cache_dir"]).close()
+        return d["location"]
+    folder = data.prepare(d["source"], root=d["root"], rotations=d["rotations"], size=d["size"], seed=d["seed"],
+                          cache_dir=d["cache_dir"], hard_patches=d["hard_patches"], val_fraction=d["val_fraction"])
+    return str(folder)
+
+
+def _local_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:
+        return 0
+
+
+def quiet() -> None:
+    """Keep Ray's console noise down (the trial table and our own messages remain)."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic trial table, with only the columns we choose
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_STATE_PERIOD_S)
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray")
+    for name in ("ray", "ray.tune", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def start_ray(address: str | None, num_cpus: int | None) -> tuple[float, float]:
+    """Join ``address`` or start a local Ray (dashboard off, bounded object store) unless one is
+    already running in this process; return the cluster's CPUs and GPUs."""
+    import ray
+
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": True, "logging_level": logging.WARNING}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False, **kwargs)
+    res = ray.cluster_resources()
+    return float(res.get("CPU", 0)), float(res.get("GPU", 0))
+
+
+def _param_space(spec: Sweep) -> dict[str, Any]:
+    from ray import tune
+
+    kind = spec.search["type"]
+    if kind == "optuna":
+        space = {}
+        for a in spec.axes.values():
+            if a.kind in ("grid", "choice"):
+                space[a.name] = tune.choice(list(a.values))
+            elif a.kind == "uniform":
+                space[a.name] = tune.uniform(*a.values)
+            else:
+                space[a.name] = tune.loguniform(*a.values)
+        return {**space, "repeat": 0}
+    if kind == "grid":
+        space = {a.name: tune.grid_search(list(a.values)) for a in spec.axes.values()}
+    else:
+        space = {"point": tune.grid_search(spec.points())}
+    return {**space, "repeat": tune.grid_search(list(range(spec.repeats)))}
+
+
+def _reporter(spec: Sweep):
+    from ray import tune
+
+    params = [k for k in spec.axes] if spec.search["type"] != "random" else ["point"]
+    return tune.CLIReporter(metric_columns={"epoch": "epoch", spec.metric: spec.metric.replace("val/", "val ")},
+                            parameter_columns=[*params, "repeat"], max_report_frequency=30,
+                            sort_by_metric=False, max_progress_rows=40)
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def build_tuner(spec: Sweep, location: str, context: dict[str, Any], gpus_available: float, restore: bool = False):
+    """The ``ray.tune.Tuner`` of a sweep (or, with ``restore``, the restored one)."""
+    from ray import tune
+
+    trainable = tune.with_parameters(tune_trainable, sweep=spec.to_dict(), context=context)
+    gpus = spec.resources["gpus"] if gpus_available > 0 else 0  # the same file runs on CPU-only machines
+    trainable = tune.with_resources(trainable, {"cpu": spec.resources["cpus"], "gpu": gpus})
+    if restore:
+        fs, path = filesystem(location)
+        try:
+            return tune.Tuner.restore(location if "://" in location else path, trainable=trainable,
+                                      resume_unfinished=True, resume_errored=True)
+        except (ValueError, RuntimeError, OSError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise SweepError(f"{location} cannot be resumed ({first}); start it again with `rnncodec sweep run` "
+                             "and a new --name") from None
+    scheduler = None
+    if spec.scheduler["type"] == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        s = spec.scheduler
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=spec.fixed["epochs"], grace_period=s["grace_period"],
+                                  reduction_factor=s["reduction_factor"], brackets=s["brackets"])
+    search_alg = None
+    if spec.search["type"] == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(seed=spec.search["seed"])
+    storage = location.rsplit("/", 1)[0]
+    tune_config = tune.TuneConfig(
+        metric=spec.metric, mode=spec.mode, scheduler=scheduler, search_alg=search_alg,
+        num_samples=spec.search["samples"] if spec.search["type"] == "optuna" else 1,
+        max_concurrent_trials=spec.concurrency, trial_dirname_creator=_trial_dirname,
+        reuse_actors=True,  # a finished trial's worker (torch imported, data mapped) runs the next one
+    )
+    run_config = tune.RunConfig(
+        name=spec.name, storage_path=storage,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        verbose=1, progress_reporter=_reporter(spec),
+    )
+    return tune.Tuner(trainable, param_space=_param_space(spec), tune_config=tune_config, run_config=run_config)
+
+
+def _settings(spec: Sweep, location: str) -> dict[str, Any] | None:
+    mode = resolve_mode(spec.wandb["mode"])
+    if mode == "disabled":
+        return None
+    return {"mode": mode, "project": spec.wandb["project"], "entity": spec.wandb["entity"],
+            "group": spec.wandb["group"] or spec.name, "images_every": spec.wandb["images_every"],
+            "images": spec.wandb["images"],
+            "dir": None if "://" in location else str(Path(location) / "wandb")}
+
+
+def run(spec_path: str | Path | Sweep, *, name: str | None = None, storage: str | None = None,
+        address: str | None = None, num_cpus: int | None = None, say=print) -> dict[str, Any]:
+    """Validate, prepare data, start/join Ray and run a new sweep; return its summary."""
+    spec = spec_path if isinstance(spec_path, Sweep) else load_spec(spec_path)
+    if name is not None or storage is not None:
+        raw = spec.to_dict()
+        raw["name"] = name or raw["name"]
+        raw["storage"] = storage or raw["storage"]
+        spec = Sweep.from_dict(raw)
+    location = experiment_location(spec.storage, spec.name)
+    fs, path = filesystem(location)
+    if fs.get_file_info(f"{path}/{SWEEP_FILE}").type != pafs.FileType.NotFound:
+        raise SweepError(f"{location} already holds a sweep; continue it with `rnncodec sweep resume {location}` "
+                         "or choose another --name")
+    if address is None:
+        check_resources(spec, float(num_cpus or os.cpu_count() or 1), float(_local_gpus()))
+    say(f"preparing data ({spec.data['source'] or spec.data['location']}) …")
+    data_location = prepare_data(spec)
+    context = {"data": data_location, "experiment": location, "uid": secrets.token_hex(4),
+               "wandb": _settings(spec, location)}
+    _write_sweep_file(location, {"spec": spec.to_dict(), "context": context, "created": time.time(), "version": 1})
+    return _fit(spec, location, context, address, num_cpus, restore=False, say=say)
+
+
+def resume(location: str, *, address: str | None = None, num_cpus: int | None = None, say=print) -> dict[str, Any]:
+    """Continue the unfinished and errored trials of the sweep in ``location`` from their checkpoints."""
+    if "://" not in location:
+        location = str(Path(location).expanduser().resolve())
+    stored = read_sweep_file(location)
+    spec = Sweep.from_dict(stored["spec"])
+    context = dict(stored["context"], experiment=location)
+    if address is None:
+        check_resources(spec, float(num_cpus or os.cpu_count() or 1), float(_local_gpus()))
+    return _fit(spec, location, context, address, num_cpus, restore=True, say=say)
+
+
+def _fit(spec: Sweep, location: str, context: dict[str, Any], address: str | None, num_cpus: int | None,
+         *, restore: bool, say) -> dict[str, Any]:
+    quiet()
+    cpus, gpus = start_ray(address, num_cpus)
+    check_resources(spec, cpus, gpus)
+    say(f"{'resuming' if restore else 'running'} sweep {spec.name}: {spec.trial_count()} trials, "
+        f"{spec.resources['cpus']:g} CPU{' + %g GPU' % spec.resources['gpus'] if gpus and spec.resources['gpus'] else ''} "
+        f"each, results in {location}")
+    if context.get("wandb"):
+        w = context["wandb"]
+        where = f" (sync later: wandb sync {w['dir']}/wandb/offline-run-*)" if w["mode"] == "offline" and w["dir"] else ""
+        say(f"W&B {w['mode']}: project {w['project']}, group {w['group']}{where}")
+    if address and "://" not in context["data"]:
+        say(f"note: trials on other nodes read the data at {context['data']}; put data.cache_dir on shared "
+            "storage or give data.location as a URI")
+    tuner = build_tuner(spec, location, context, gpus, restore=restore)
+    start = time.perf_counter()
+    tuner.fit()
+    from sweeps.results import collect
+
+    _, trials = collect(location)
+    done = sum(t["status"] == "TERMINATED" for t in trials)
+    errors = sum(t["status"] == "ERROR" for t in trials)
+    unfinished = [t for t in trials if t["status"] not in ("TERMINATED", "ERROR")]
+    summary = {"location": location, "trials": len(trials), "finished": done, "errors": errors,
+               "unfinished": len(unfinished), "seconds": time.perf_counter() - start}
+    say(f"sweep {spec.name}: {done}/{len(trials)} trials finished in {summary['seconds']:.0f} s; "
+        f"`rnncodec sweep report {location}` writes the figures")
+    if unfinished:
+        finish_interrupted_runs(spec, context, unfinished)
+        say(f"interrupted: {len(unfinished)} trials unfinished; `rnncodec sweep resume {location}` continues them "
+            "from their checkpoints")
+    if errors:
+        say(f"{errors} trials failed; `rnncodec sweep resume {location}` retries them from their checkpoints")
+    return summary
+
+
+def finish_interrupted_runs(spec: Sweep, context: dict[str, Any], trials: list[dict[str, Any]]) -> None:
+    """Mark the W&B runs of trials stopped mid-way as finished (exit code 1): their workers were ended
+    before they could. ``resume`` reopens the same run ids."""
+    from sweeps.spec import trial_key
+    from sweeps.wandb_logging import TrialLogger
+
+    settings = context.get("wandb")
+    if not settings:
+        return
+    settings = dict(settings, dir=settings.get("dir") or tempfile.mkdtemp(prefix="rnncodec-wandb-"))
+    for t in trials:
+        if not t["history"]:
+            continue  # never logged anything
+        run_id = f"{context['uid']}-{trial_key(t['params'], t['repeat'] or 0)}"
+        TrialLogger(settings, run_id, t["trial"], {}).finish(exit_code=1, timeout=30)

@@ -1,0 +1,166 @@
+"""Sweeps on a real local Ray (one session for the module): retries, a killed driver, W&B, reports.
+
+The module starts one Ray with 2 CPUs; the killed-driver test runs its drivers as subprocesses that
+join it with ``--address`` (same ``RAY_AUTH_MODE``, inherited), so no second Ray is started and
+nothing but processes started here is ever stopped.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ray = pytest.importorskip("ray")
+
+from sweeps import runner  # noqa: E402
+from sweeps.results import collect, status_table, write_report  # noqa: E402
+from sweeps.spec import parse_spec  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    home = tmp_path_factory.mktemp("env")
+    saved = dict(os.environ)
+    os.environ["WANDB_MODE"] = "offline"
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        os.environ[var] = str(home / "wandb")
+    os.environ["RNNCODEC_CACHE"] = str(home / "cache")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [saved.get("PYTHONPATH")])])
+    # RAY_AUTH_MODE: an explicit setting is respected; unset, ray.init turns token auth on and exports
+    # RAY_AUTH_MODE=token to this process's environment, which the driver subprocesses then inherit.
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024, log_to_driver=False)
+    assert os.environ.get("RAY_AUTH_MODE") or saved.get("RAY_AUTH_MODE") is None
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def spec_dict(tmp_path, name, **fixed):
+    return {
+        "name": name,
+        "data": {"source": "sample", "size": 128, "cache_dir": str(tmp_path / "cache")},
+        "fixed": {"epochs": 3, "steps_per_epoch": 2, "width": 0.125, "val_size": 8, "iterations": 2, **fixed},
+        "axes": {"batch_size": [8, 16]},
+        "resources": {"cpus": 1},
+        "storage": str(tmp_path / "sweeps"),
+        "wandb": {"mode": "offline", "images_every": 1, "images": 4},
+        "max_failures": 2,
+    }
+
+
+def epochs_of(trial):
+    return [h["epoch"] for h in trial["history"]]
+
+
+def test_failing_trials_are_retried_from_their_checkpoints_and_logged(cluster, tmp_path):
+    spec = parse_spec(spec_dict(tmp_path, "flaky", test_fail_after_epoch=1))
+    summary = runner.run(spec)
+    assert summary["errors"] == 0 and summary["trials"] == 2
+    location = summary["location"]
+    spec, trials = collect(location)
+    assert len(trials) == 2
+    for t in trials:
+        assert t["status"] == "TERMINATED" and t["failures"] == 1
+        assert epochs_of(t) == [1, 2, 3]
+        assert [h["resumed_from_epoch"] for h in t["history"]] == [-1, 1, 1]
+    # one W&B run per trial, and the retried attempt continued the same run id
+    runs = sorted((Path(location) / "wandb" / "wandb").glob("offline-run-*"))
+    ids = [r.name.split("-", 3)[-1] for r in runs]
+    assert len(runs) == 4 and len(set(ids)) == 2 and all(ids.count(i) == 2 for i in ids)
+    stored = json.loads((Path(location) / "sweep.json").read_text())
+    assert all(i.startswith(stored["context"]["uid"]) for i in ids)
+    # data prepared once, in the sweep's cache, before the trials
+    assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 1
+
+    table, _, _ = status_table(location)
+    assert table.row_count == 2
+    report = write_report(location)
+    out = Path(report["out"])
+    assert report["rows"] == 6
+    assert {"results.csv", "summary.md", "curves_by_batch_size.png", "reconstructions.png"} <= {p.name for p in out.iterdir()}
+    assert "batch_size 8 vs 16" in (out / "summary.md").read_text()
+
+
+def _driver(args, log):
+    cmd = [sys.executable, "-m", "sweeps.sweep_commands", "sweep", *args]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _progress(location):
+    try:
+        _, trials = collect(location)
+    except Exception:
+        return []
+    return trials
+
+
+def test_killed_driver_resumes_without_losing_epochs(cluster, tmp_path):
+    raw = spec_dict(tmp_path, "killed", epochs=4, steps_per_epoch=30)
+    raw["storage"] = f"file://{tmp_path / 'sweeps'}"  # storage given as a pyarrow URI, as on a cluster
+    path = tmp_path / "killed.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    location = f"{raw['storage']}/killed"
+    log = open(tmp_path / "driver.log", "w")
+    driver = _driver(["run", str(path), "--address", cluster], log)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            trials = _progress(location)
+            if len(trials) == 2 and all(t["epoch"] >= 1 for t in trials):
+                break
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()
+            time.sleep(0.2)
+        else:
+            pytest.fail("no checkpoints within 120 s:\n" + (tmp_path / "driver.log").read_text())
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and anything it started itself, nothing else
+        driver.wait()
+    # the driver's trials die with it; wait until their checkpoints stop changing before comparing
+    at_kill, settle = None, time.time() + 30
+    while time.time() < settle:
+        now = {t["trial"]: t["history"] for t in _progress(location)}
+        if now == at_kill:
+            break
+        at_kill = now
+        time.sleep(2)
+    assert any(len(h) < 4 for h in at_kill.values()), "the trials finished before the kill; lengthen them"
+
+    resumed = _driver(["resume", location, "--address", cluster], log)
+    try:
+        assert resumed.wait(timeout=240) == 0, (tmp_path / "driver.log").read_text()
+    finally:
+        if resumed.poll() is None:
+            os.killpg(resumed.pid, signal.SIGKILL)
+    _, trials = collect(location)
+    assert len(trials) == 2
+    for t in trials:
+        assert t["status"] == "TERMINATED"
+        assert epochs_of(t) == [1, 2, 3, 4]  # each configured epoch reported exactly once
+        before = at_kill[t["trial"]]
+        assert before and t["history"][: len(before)] == before  # kept, not retrained from epoch 0
+        assert all(h["resumed_from_epoch"] >= 1 for h in t["history"][len(before):])
+
+
+def test_resume_continues_errored_trials_from_their_checkpoints(cluster, tmp_path):
+    raw = spec_dict(tmp_path, "errored", epochs=2, test_fail_after_epoch=1)
+    raw["axes"], raw["fixed"]["batch_size"], raw["max_failures"] = {}, 8, 0
+    first = runner.run(parse_spec(raw))
+    assert first["errors"] == 1
+    _, (trial,) = collect(first["location"])
+    assert trial["status"] == "ERROR" and epochs_of(trial) == [1]
+    again = runner.resume(first["location"])
+    assert again["errors"] == 0
+    _, (trial,) = collect(first["location"])
+    assert trial["status"] == "TERMINATED" and epochs_of(trial) == [1, 2]
+    assert trial["history"][1]["resumed_from_epoch"] == 1

@@ -1,0 +1,162 @@
+"""Sweep files: the shipped ones load, bad ones fail with one-line messages before Ray starts."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweeps.spec import Sweep, SweepError, check_resources, load_spec, parse_spec, trial_key, trial_seed
+
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+
+
+def minimal(**extra):
+    return {"name": "t", "data": {"source": "sample"}, **extra}
+
+
+def error(raw) -> str:
+    with pytest.raises(SweepError) as info:
+        parse_spec(raw)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_shipped_sweep_files_load():
+    demo = load_spec(SWEEPS / "demo.yaml")
+    assert demo.search["type"] == "grid" and demo.data["source"] == "sample" and demo.wandb["mode"] == "auto"
+    assert demo.trial_count() == len(demo.points()) * demo.repeats
+
+    paper = load_spec(SWEEPS / "paper.yaml")
+    assert paper.axes["batch_size"].values == (32, 64, 128, 512, 1024)
+    assert paper.axes["train_size"].values == (50_000, 100_000, 200_000)
+    assert paper.repeats >= 3 and paper.fixed["epochs"] == 15 and paper.fixed["iterations"] == 1
+    assert paper.fixed["loss"] == "ms-ssim" and paper.fixed["optimizer"] == "adam"
+    assert paper.fixed["activation"] == "leaky-relu"
+    assert paper.data["source"] == "cifar" and paper.data["rotations"] == 4
+    assert paper.trial_count() == 15 * paper.repeats
+
+    iters = load_spec(SWEEPS / "iterations.yaml")
+    assert iters.axes["iterations"].values == (1, 2, 4, 8, 16)
+    assert set(iters.axes["cell"].values) == {"lstm", "gru"}
+    assert "reconstruction" in iters.axes
+
+
+def test_round_trip_and_trial_params():
+    spec = parse_spec(minimal(fixed={"width": 0.125}, axes={"batch_size": [8, 16], "cell": {"grid": ["lstm", "gru"]}},
+                              repeats=2))
+    again = Sweep.from_dict(spec.to_dict())
+    assert again.to_dict() == spec.to_dict()
+    assert spec.points() == [{"batch_size": b, "cell": c} for b in (8, 16) for c in ("lstm", "gru")]
+    params = spec.trial_params({"batch_size": 16, "cell": "gru", "repeat": 1})
+    assert params["batch_size"] == 16 and params["cell"] == "gru" and params["width"] == 0.125
+
+
+def test_random_search_draws_fixed_points_that_every_repeat_shares():
+    spec = parse_spec(minimal(axes={"lr": {"loguniform": [1e-4, 1e-2]}, "batch_size": [8, 16]},
+                              search={"type": "random", "samples": 3, "seed": 5}, repeats=2))
+    points = spec.points()
+    assert len(points) == 6 and points == spec.points()
+    assert all(1e-4 <= p["lr"] <= 1e-2 for p in points)
+    assert spec.trial_count() == 12
+
+
+def test_seed_derives_from_configuration_and_repeat():
+    p = {"batch_size": 8, "lr": 1e-3}
+    assert trial_seed(p, 0) == trial_seed(dict(reversed(p.items())), 0)
+    assert trial_seed(p, 0) != trial_seed(p, 1) != trial_seed({**p, "batch_size": 16}, 1)
+    assert trial_seed(p, 0) == trial_seed({**p, "test_fail_after_epoch": 1}, 0)  # the test hook keeps the numbers
+    assert trial_key(p, 0) == trial_key(p, 0) and len(trial_key(p, 0)) == 12
+
+
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        (minimal(colour="red"), ["unknown key 'colour'", "allowed keys are", "fixed"]),
+        (minimal(fixed={"batchsize": 8}), ["fixed: unknown key 'batchsize'", "batch_size"]),
+        (minimal(fixed={"cell": "lstn"}), ["fixed.cell", "'lstn'", "lstm, gru"]),
+        (minimal(fixed={"loss": "ssim"}), ["fixed.loss", "l1, mse, ms-ssim"]),
+        (minimal(fixed={"iterations": 17}), ["fixed.iterations", "1..16"]),
+        (minimal(fixed={"lr": "fast"}), ["fixed.lr", "not a number"]),
+        (minimal(axes={"lr": {"loguniform": [1e-3, 1e-4]}}, search="random"), ["axes.lr.loguniform", "below"]),
+        (minimal(axes={"lr": {"loguniform": [1e-4, 1e-3]}}), ["axes.lr", "search: grid", "search: random"]),
+        (minimal(axes={"train_size": {"uniform": [10, 20]}}, search="random"), ["axes.train_size", "use grid or choice"]),
+        (minimal(axes={"cell": {"normal": [0, 1]}}), ["axes.cell", "unknown axis kind", "grid, choice"]),
+        (minimal(axes={"colour": [1, 2]}), ["axes.colour", "not a training parameter"]),
+        (minimal(axes={"batch_size": [8, 8]}), ["axes.batch_size.grid", "repeated"]),
+        (minimal(fixed={"batch_size": 8}, axes={"batch_size": [8, 16]}), ["batch_size is both"]),
+        (minimal(metric="val/accuracy"), ["metric", "val/ms_ssim"]),
+        (minimal(mode="maximum"), ["mode", "max, min"]),
+        (minimal(scheduler="hyperband"), ["scheduler.type", "fifo, asha"]),
+        (minimal(search="bayes"), ["search.type", "grid, random, optuna"]),
+        (minimal(resources={"cpus": 0}), ["resources.cpus", "out of range"]),
+        (minimal(resources={"gpus": 1.5}), ["resources.gpus", "impossible"]),
+        (minimal(wandb={"mode": "cloud"}), ["wandb.mode", "auto, online, offline, disabled"]),
+        (minimal(repeats=0), ["repeats", "out of range"]),
+        ({"name": "t", "data": {"source": "imagenet"}}, ["data.source", "cifar"]),
+        ({"name": "t"}, ["data: give either source"]),
+        ({"name": "bad name!", "data": {"source": "sample"}}, ["name", "letters, digits"]),
+        ([1, 2], ["must be a YAML mapping"]),
+    ],
+)
+def test_bad_sweeps_name_the_key_and_the_fix(raw, words):
+    message = error(raw)
+    for w in words:
+        assert w in message, message
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: t\ndata: {source: sample\nfixed:\n  epochs: 2\n")
+    with pytest.raises(SweepError, match=r"bad\.yaml is not valid YAML .*line \d+"):
+        load_spec(path)
+    with pytest.raises(SweepError, match="no such sweep file"):
+        load_spec(tmp_path / "missing.yaml")
+    path.write_text(yaml.safe_dump(minimal(fixed={"epoch": 3})))
+    with pytest.raises(SweepError, match=r"bad\.yaml: fixed: unknown key 'epoch'"):
+        load_spec(path)
+
+
+def test_impossible_resources_are_refused():
+    spec = parse_spec(minimal(resources={"cpus": 4, "gpus": 0.5}))
+    with pytest.raises(SweepError, match="asks for 4 CPUs but only 2 are available"):
+        check_resources(spec, 2, 0)
+    check_resources(spec, 8, 0)  # no GPU: the trial runs on CPU, the same file works
+    with pytest.raises(SweepError, match="resources.gpus"):
+        check_resources(parse_spec(minimal(resources={"gpus": 2})), 8, 1)
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("name: t\ndata: [unclosed\n", "is not valid YAML"),
+        ("name: t\ndata: {source: sample}\nfixed: {epochs: 2, colour: red}\n", "unknown key 'colour'"),
+        ("name: t\ndata: {source: sample}\nresources: {cpus: 512}\n", "asks for 512 CPUs"),
+    ],
+)
+def test_run_refuses_bad_sweeps_before_ray_starts(tmp_path, content, match):
+    ray = pytest.importorskip("ray")
+    from sweeps import runner
+
+    path = tmp_path / "s.yaml"
+    path.write_text(content)
+    assert not ray.is_initialized()
+    with pytest.raises(SweepError, match=match):
+        runner.run(path, storage=str(tmp_path / "out"))
+    assert not ray.is_initialized()
+    assert not (tmp_path / "out").exists()
+
+
+def test_sweep_commands_parse_and_report_a_missing_folder(tmp_path):
+    import argparse
+
+    from sweeps import sweep_commands
+
+    parser = argparse.ArgumentParser(prog="rnncodec")
+    sweep_commands.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["sweep", "run", "s.yaml", "--name", "n", "--storage", "s3://b/x", "--address", "auto"])
+    assert (args.spec, args.name, args.storage, args.address) == ("s.yaml", "n", "s3://b/x", "auto")
+    for command in ("resume", "status", "report"):
+        args = parser.parse_args(["sweep", command, str(tmp_path)])
+        with pytest.raises(SweepError, match="is not a sweep folder"):
+            args.func(args)
