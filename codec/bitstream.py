@@ -22,7 +22,7 @@ import contextlib
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -199,3 +199,22 @@ def decompress_progressive(model: RNNCodec, data: bytes, iterations: int | None 
 def decompress(model: RNNCodec, data: bytes, iterations: int | None = None) -> np.ndarray:
     """Decode ``data`` to an H×W×3 uint8 image using its first ``iterations`` iterations."""
     return np.ascontiguousarray(decompress_progressive(model, data, iterations)[-1])
+
+
+def prefix_bitstream(data: bytes, iterations: int) -> bytes:
+    """The file ``compress(model, image, iterations)`` writes, cut from the file of the same
+    image at more iterations: the header with the smaller count (and its CRC) and the first
+    ``iterations`` chunks."""
+    header = parse_header(data)
+    if not 1 <= iterations <= header.iterations:
+        raise CodecError(f"the file holds {header.iterations} iterations, cannot cut {iterations}")
+    step, extra = divmod(len(data) - HEADER_BYTES, header.iterations)
+    if extra or step <= header.chunk_bytes:
+        raise CodecError("the file is truncated or has trailing data; give a complete rnncodec file")
+    return replace(header, iterations=iterations).pack() + data[HEADER_BYTES : HEADER_BYTES + iterations * step]
+
+
+def payload_bytes(data: bytes) -> int:
+    """Bytes of code bits in an rnncodec file: no header, no checksums."""
+    header = parse_header(data)
+    return header.iterations * header.chunk_bytes

@@ -1,0 +1,391 @@
+"""Rate–distortion evaluation: our codec and classical baselines on the same images.
+
+Every point is measured on real files: bpp is the size of the whole bitstream (header, codes
+and checksums) × 8 / pixels, and ``bpp-payload`` counts only the code bits (0.125 bpp per
+iteration on images whose sides are multiples of 16). PSNR on 8-bit RGB and the standard
+5-scale MS-SSIM (pytorch-msssim, data range 255) are computed per image and then averaged
+over the set, as the published Kodak curves are; MS-SSIM in dB (−10·log10(1 − MS-SSIM)) is
+taken of that mean, as the published plots do.
+
+Results follow CompressAI's JSON format: ``{"name", "description", "results": {"bpp",
+"psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time", …}}``, with lists indexed by
+operating point (iteration count or quality). In memory each result also carries
+``per_image``, the rows of the per-image CSV.
+
+Timing: ``timing="exact"`` runs a real ``compress(model, image, k)`` and ``decompress`` for
+every k. ``timing="prefix"`` compresses once at the largest k, takes the file for each
+smaller k as its prefix (byte for byte the file ``compress`` writes for k, see
+:func:`prefix_bitstream`), decodes every k in one progressive pass, and scales the two times
+by k / K; the quality figures are identical, only the times are estimates.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from codec import baselines as _baselines
+from codec.bitstream import compress, decompress, decompress_progressive, payload_bytes, prefix_bitstream
+from codec.errors import CodecError
+from codec.image import list_images, load_image, write_atomic
+from codec.metrics import STANDARD_MS_SSIM, ms_ssim, ms_ssim_db, psnr, rd_auc
+from codec.model import MAX_ITERATIONS, RNNCodec
+
+METRICS = ("psnr-rgb", "ms-ssim-rgb")
+AUC_RANGE = (0.125, 2.0)
+MIN_MS_SSIM_SIDE = (STANDARD_MS_SSIM.win_size - 1) * 16 + 1  # pytorch-msssim's 5-scale limit
+TIMINGS = ("exact", "prefix")
+
+NamedImages = list[tuple[str, np.ndarray]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def parse_iterations(spec: str | int | Sequence[int]) -> list[int]:
+    """``"1-16"``, ``"1,2,4,8,16"``, ``"1-4,8"`` or ``8`` → sorted unique iteration counts in
+    1..16; anything else raises :class:`CodecError`."""
+    if isinstance(spec, int):
+        items: list[int] = [spec]
+    elif isinstance(spec, str):
+        items = []
+        for part in spec.replace(" ", "").split(","):
+            m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+            if not m:
+                raise CodecError(f"bad iteration list {spec!r}; write e.g. 1-16, 1,2,4,8,16 or 1-4,8")
+            lo, hi = int(m[1]), int(m[2] or m[1])
+            if lo > hi:
+                raise CodecError(f"bad iteration range {part!r} in {spec!r}: the start exceeds the end")
+            items += range(lo, hi + 1)
+    else:
+        items = [int(v) for v in spec]
+    if not items or any(not 1 <= k <= MAX_ITERATIONS for k in items):
+        raise CodecError(f"iterations must lie in 1..{MAX_ITERATIONS} (0.125 bpp each), got {spec!r}")
+    return sorted(set(items))
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size``×``size`` window of an H×W×3 image (the whole side where it is smaller)."""
+    h, w = image.shape[:2]
+    y, x = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return np.ascontiguousarray(image[y : y + size, x : x + size])
+
+
+def load_images(folder: str | Path, limit: int | None = None, crop: int | None = None) -> NamedImages:
+    """``(file name, H×W×3 uint8)`` for the images in ``folder`` (sorted; the first ``limit``;
+    each centre-cropped to ``crop``×``crop`` if given)."""
+    files = list_images(folder)
+    if limit is not None:
+        if limit < 1:
+            raise CodecError(f"the image limit must be at least 1, got {limit}")
+        files = files[:limit]
+    images = [(p.name, load_image(p)) for p in files]
+    if crop is not None:
+        if crop < 16:
+            raise CodecError(f"the crop size must be at least 16 pixels, got {crop}")
+        images = [(n, center_crop(im, crop)) for n, im in images]
+    return images
+
+
+def _named(images: Sequence[Any]) -> NamedImages:
+    out = []
+    for i, item in enumerate(images):
+        if isinstance(item, (str, Path)):
+            out.append((Path(item).name, load_image(item)))
+        elif isinstance(item, tuple):
+            out.append((str(item[0]), np.asarray(item[1])))
+        else:
+            out.append((f"image{i:02d}", np.asarray(item)))
+    if not out:
+        raise CodecError("no images to evaluate on")
+    for name, im in out:
+        if im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
+            raise CodecError(f"{name}: expected an H×W×3 uint8 RGB image, got {im.dtype} {im.shape}")
+        if min(im.shape[:2]) < MIN_MS_SSIM_SIDE:
+            raise CodecError(f"{name} is {im.shape[1]}×{im.shape[0]}; standard 5-scale MS-SSIM needs at least "
+                             f"{MIN_MS_SSIM_SIDE} pixels a side (use larger images or a larger --crop)")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+
+def image_metrics(original: np.ndarray, decoded: np.ndarray) -> dict[str, float]:
+    """PSNR (dB, 8-bit RGB), standard 5-scale MS-SSIM (data range 255) and MS-SSIM in dB of one
+    decoded image against its original; identical images give ∞, 1.0 and ∞."""
+    if original.shape != decoded.shape:
+        raise CodecError(f"decoded image is {decoded.shape}, the original {original.shape}")
+    a = torch.from_numpy(np.array(original, dtype=np.float32)).permute(2, 0, 1)[None]
+    b = torch.from_numpy(np.array(decoded, dtype=np.float32)).permute(2, 0, 1)[None]
+    if min(a.shape[-2:]) < MIN_MS_SSIM_SIDE:
+        raise CodecError(f"standard 5-scale MS-SSIM needs at least {MIN_MS_SSIM_SIDE} pixels a side, "
+                         f"got {original.shape[1]}×{original.shape[0]}")
+    value = 1.0 if np.array_equal(original, decoded) else min(1.0, float(ms_ssim(a, b, data_range=255.0)[0]))
+    return {"psnr-rgb": psnr(original, decoded), "ms-ssim-rgb": value, "ms-ssim-db": ms_ssim_db(value)}
+
+
+def file_bpp(data: bytes | int, pixels: int) -> float:
+    """Bits per pixel of a file of ``data`` bytes (or that many bytes) over ``pixels`` pixels."""
+    return (data if isinstance(data, int) else len(data)) * 8 / pixels
+
+
+def _mean_results(rows: list[dict[str, Any]], key: str, extra: Sequence[str] = ()) -> dict[str, list]:
+    points = sorted({r[key] for r in rows})
+    out: dict[str, list] = {key: points}
+    for field in ("bpp", *extra, "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time"):
+        out[field] = [float(np.mean([r[field] for r in rows if r[key] == p])) for p in points]
+    out["ms-ssim-db"] = [ms_ssim_db(v) for v in out["ms-ssim-rgb"]]
+    return out
+
+
+def _device_sync(model: RNNCodec) -> None:
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def evaluate_checkpoint(model: RNNCodec, images: Sequence[Any], iterations: str | int | Sequence[int] = "1-16",
+                        *, name: str = "rnncodec", description: str | None = None, timing: str = "exact",
+                        advance: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Rate–distortion of ``model`` on ``images`` (paths, arrays, or ``(name, array)`` pairs) at
+    each iteration count: a CompressAI-format dict (``results`` holds per-point means over the
+    images, including ``iterations`` and ``bpp-payload``) plus ``per_image`` rows. ``advance``
+    is called after each image (for progress bars)."""
+    ks = parse_iterations(iterations)
+    if timing not in TIMINGS:
+        raise CodecError(f"timing must be one of {', '.join(TIMINGS)}, got {timing!r}")
+    named = _named(images)
+    model.eval()
+    compress(model, np.zeros((32, 32, 3), np.uint8), 1)  # warm-up: model id, lazy initialisation
+    rows = []
+    for img_name, image in named:
+        pixels = image.shape[0] * image.shape[1]
+        per_k: dict[int, tuple[bytes, np.ndarray, float, float]] = {}
+        if timing == "exact":
+            for k in ks:
+                start = time.perf_counter()
+                data = compress(model, image, k)
+                enc = time.perf_counter() - start
+                start = time.perf_counter()
+                rec = decompress(model, data)
+                _device_sync(model)
+                per_k[k] = (data, rec, enc, time.perf_counter() - start)
+        else:
+            top = ks[-1]
+            start = time.perf_counter()
+            data = compress(model, image, top)
+            enc = time.perf_counter() - start
+            start = time.perf_counter()
+            recs = decompress_progressive(model, data)
+            _device_sync(model)
+            dec = time.perf_counter() - start
+            for k in ks:
+                per_k[k] = (prefix_bitstream(data, k), recs[k - 1], enc * k / top, dec * k / top)
+        for k in ks:
+            data, rec, enc, dec = per_k[k]
+            rows.append({"image": img_name, "iterations": k, "bytes": len(data), "bpp": file_bpp(data, pixels),
+                         "bpp-payload": file_bpp(payload_bytes(data), pixels), **image_metrics(image, rec),
+                         "encoding_time": enc, "decoding_time": dec})
+        if advance is not None:
+            advance()
+    if description is None:
+        cfg = model.config
+        description = (f"rnncodec {cfg.cell}/{cfg.mode} width {cfg.width:g}, {cfg.bits} bits per 16×16 block, "
+                       f"no entropy coding; {timing} timing on {next(model.parameters()).device}")
+    return {"name": name, "description": description,
+            "results": _mean_results(rows, "iterations", extra=("bpp-payload",)),
+            "per_image": rows, "images": [n for n, _ in named]}
+
+
+def evaluate_baseline(key: str, images: Sequence[Any], qualities: Sequence[int] = _baselines.QUALITIES,
+                      advance: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Rate–distortion of a Pillow baseline (``jpeg``, ``jpeg444``, ``webp``, ``avif``) over a
+    quality sweep; same format as :func:`evaluate_checkpoint` with ``quality`` as the point key."""
+    (key,) = _baselines.parse_baselines(key)
+    named = _named(images)
+    rows = _baselines.run_baseline(key, named, tuple(qualities), image_metrics, advance)
+    b = _baselines.BASELINES[key]
+    return {"name": b.name, "description": b.description(), "results": _mean_results(rows, "quality"),
+            "per_image": rows, "images": [n for n, _ in named], "key": key}
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparisons
+
+
+def _finite_curve(bpp: Sequence[float], values: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    r, v = np.asarray(bpp, float), np.asarray(values, float)
+    keep = np.isfinite(r) & np.isfinite(v) & (r > 0)
+    r, v = r[keep], v[keep]
+    order = np.argsort(r)
+    return r[order], v[order]
+
+
+def bd_rate(anchor: dict[str, Any], test: dict[str, Any], metric: str = "psnr-rgb") -> dict[str, Any]:
+    """Bjøntegaard delta rate (%) of ``test`` against ``anchor`` (CompressAI-format dicts) on
+    ``metric`` (``psnr-rgb`` or ``ms-ssim-db``), with Akima interpolation over the overlap of
+    the two quality ranges (bjontegaard package). Negative means ``test`` needs fewer bits.
+    A curve whose quality does not rise strictly with bpp keeps only the points that beat every
+    cheaper point (the note says so). Returns ``{"bd_rate": float | None, "overlap": fraction
+    of the two quality ranges, "note": str}``."""
+    import bjontegaard
+
+    curves = []
+    for res in (anchor, test):
+        r = res["results"]
+        values = r[metric] if metric in r else [ms_ssim_db(v) for v in r["ms-ssim-rgb"]]
+        curves.append(_finite_curve(r["bpp"], values))
+    notes = []
+    for i, ((rate, dist), who) in enumerate(zip(curves, (anchor["name"], test["name"]))):
+        if len(rate) and np.any(np.diff(dist) <= 0):  # keep the points that beat every cheaper one
+            best = np.maximum.accumulate(dist)
+            keep = np.concatenate([[True], dist[1:] > best[:-1]])
+            notes.append(f"{who}'s {metric} does not rise strictly with bpp; used the {keep.sum()} of "
+                         f"{len(rate)} points that beat every cheaper one")
+            curves[i] = (rate[keep], dist[keep])
+        if len(curves[i][0]) < 2:
+            return {"bd_rate": None, "overlap": 0.0,
+                    "note": "; ".join([*notes, f"{who} has fewer than 2 usable points; BD-rate is undefined"])}
+    (ra, da), (rt, dt) = curves
+    lo, hi = max(da.min(), dt.min()), min(da.max(), dt.max())
+    overlap = max(0.0, hi - lo) / (max(da.max(), dt.max()) - min(da.min(), dt.min()))
+    if overlap <= 0:
+        return {"bd_rate": None, "overlap": 0.0, "note": "; ".join([*notes, "the quality ranges do not overlap"])}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = bjontegaard.bd_rate(ra, da, rt, dt, method="akima", require_matching_points=False, min_overlap=0)
+    if overlap < 0.75:
+        notes.append(f"quality ranges overlap by only {overlap:.0%}; treat with care")
+    return {"bd_rate": float(value) if np.isfinite(value) else None, "overlap": float(overlap),
+            "note": "; ".join(notes)}
+
+
+def auc(result: dict[str, Any], metric: str = "ms-ssim-rgb", lo: float = AUC_RANGE[0],
+        hi: float = AUC_RANGE[1], rate: str = "bpp-payload") -> float | None:
+    """Area under ``metric`` against ``rate`` (``bpp-payload`` where present, else ``bpp``) over
+    ``lo``..``hi`` bpp, as the paper's Table 2; None where the curve does not cover the range."""
+    r = result["results"]
+    bpp, values = _finite_curve(r[rate] if rate in r else r["bpp"], r[metric])
+    if len(bpp) < 2:
+        return None
+    try:
+        return rd_auc(bpp, values, lo, hi)
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def compressai_json(result: dict[str, Any]) -> dict[str, Any]:
+    """The dict written to ``<codec>.json``: CompressAI's keys, without the per-image rows."""
+    return {"name": result["name"], "description": result["description"], "results": result["results"]}
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+    if isinstance(v, dict):
+        return {k: _json_value(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_value(x) for x in v]
+    if isinstance(v, (np.floating, np.integer)):
+        return _json_value(v.item())
+    return v
+
+
+def dumps(obj: Any) -> str:
+    """Strict JSON (∞ written as the string "Infinity", NaN as null)."""
+    return json.dumps(_json_value(obj), indent=2, allow_nan=False) + "\n"
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "codec"
+
+
+CSV_FIELDS = ("codec", "image", "iterations", "quality", "bytes", "bpp", "bpp-payload", "psnr-rgb",
+              "ms-ssim-rgb", "ms-ssim-db", "encoding_time", "decoding_time")
+
+
+def per_image_csv(results: Sequence[dict[str, Any]]) -> str:
+    """One row per codec, image and operating point."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for res in results:
+        for row in res["per_image"]:
+            writer.writerow({"codec": res["name"], **{k: row.get(k, "") for k in CSV_FIELDS[1:]}})
+    return buf.getvalue()
+
+
+def compare(ours: Sequence[dict[str, Any]], baselines: Sequence[dict[str, Any]],
+            anchors: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """BD-rates (%) against each baseline on PSNR and MS-SSIM dB, and AUCs over 0.125–2 bpp
+    (None where a curve does not cover that range), for each of ``ours`` and, as references,
+    each published curve in ``anchors`` that has both metrics."""
+
+    def entry(res: dict[str, Any]) -> dict[str, Any]:
+        return {"auc": {m: auc(res, m) for m in ("ms-ssim-rgb", "psnr-rgb")},
+                "bd_rate_percent": {b["name"]: {m: bd_rate(b, res, m) for m in ("psnr-rgb", "ms-ssim-db")}
+                                    for b in baselines}}
+
+    return {
+        "auc_range_bpp": list(AUC_RANGE),
+        "auc_rate": "bpp-payload (code bits only, as the paper's Table 2) where present, else bpp",
+        "bd_rate": "whole-file bpp; Akima interpolation (bjontegaard); negative: fewer bits than the baseline",
+        "codecs": {res["name"]: entry(res) for res in ours},
+        "baselines": {b["name"]: {"auc": {m: auc(b, m) for m in ("ms-ssim-rgb", "psnr-rgb")}} for b in baselines},
+        "anchors": {a["name"]: entry(a) for a in anchors
+                    if all(m in a["results"] for m in ("ms-ssim-rgb", "psnr-rgb"))},
+    }
+
+
+def write_results(out_dir: str | Path, results: Sequence[dict[str, Any]],
+                  summary: dict[str, Any] | None = None) -> list[Path]:
+    """Write ``<slug(name)>.json`` per codec, ``per_image.csv`` and ``summary.json`` (if given),
+    each atomically; returns the paths."""
+    out_dir = Path(out_dir)
+    paths = []
+    for res in results:
+        path = out_dir / f"{slug(res.get('key') or res['name'])}.json"
+        write_atomic(path, dumps(compressai_json(res)).encode())
+        paths.append(path)
+    path = out_dir / "per_image.csv"
+    write_atomic(path, per_image_csv(results).encode())
+    paths.append(path)
+    if summary is not None:
+        path = out_dir / "summary.json"
+        write_atomic(path, dumps(summary).encode())
+        paths.append(path)
+    return paths
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """Read a CompressAI-format results JSON (ours or published)."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+        if not isinstance(d.get("results"), dict) or "bpp" not in d["results"]:
+            raise ValueError("no results.bpp")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise CodecError(f"{path} is not a CompressAI-format results file ({exc})") from None
+    d.setdefault("name", path.stem)
+    d.setdefault("description", "")
+    for k, v in d["results"].items():
+        if isinstance(v, list):
+            d["results"][k] = [float(x) if isinstance(x, str) else x for x in v]
+    return d
