@@ -9,18 +9,21 @@ from collections.abc import Sequence
 from codec.errors import CodecError
 from data.errors import DataError
 
-from sweeps import codec_commands, data_commands
+from sweeps import codec_commands, data_commands, eval_commands, sweep_commands
+from sweeps.spec import SweepError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnncodec",
         description="Residual recurrent image codec (Toderici et al., CVPR 2017): "
-        "train, compress, decompress, prepare data.",
+        "train, compress, decompress, prepare data, run sweeps, evaluate.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     codec_commands.register(sub)
     data_commands.register(sub)
+    sweep_commands.register(sub)
+    eval_commands.register(sub)
     return parser
 
 
@@ -29,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CodecError, DataError) as exc:
+    except (CodecError, DataError, SweepError) as exc:
         print(f"rnncodec: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -37,7 +37,7 @@ def trained(tmp_path_factory) -> Path:
     return ckpt
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["compress"], ["decompress"], ["data"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["compress"], ["decompress"], ["data"], ["sweep"], ["eval"]])
 def test_every_command_has_help(command):
     result = run(*command, "--help")
     assert result.returncode == 0 and "usage: rnncodec" in result.stdout
