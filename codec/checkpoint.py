@@ -23,6 +23,8 @@ from codec.model import CodecConfig, RNNCodec
 
 FORMAT = "rnncodec-model"
 VERSION = 1
+# The model that ships with the package (how it was trained: codec/pretrained/README.md).
+DEFAULT_CHECKPOINT = Path(__file__).parent / "pretrained" / "lstm-additive-w025.pt"
 
 
 def model_state(model: RNNCodec) -> dict[str, Any]:
@@ -70,9 +72,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CodecError(f"{path} is not a readable checkpoint ({first}); give a file written by `rnncodec train`") from None
 
 
-def load_checkpoint(path: str | Path) -> RNNCodec:
-    """The model stored in checkpoint ``path``, in evaluation mode on the CPU."""
-    return model_from_state(read_checkpoint(path), str(path))
+def load_checkpoint(path: str | Path | None = None) -> RNNCodec:
+    """The model stored in checkpoint ``path`` (the bundled one by default), in evaluation mode on the CPU."""
+    return model_from_state(read_checkpoint(DEFAULT_CHECKPOINT if path is None else path), str(path or DEFAULT_CHECKPOINT))
 
 
 _id_cache: weakref.WeakKeyDictionary[RNNCodec, tuple[tuple, bytes]] = weakref.WeakKeyDictionary()

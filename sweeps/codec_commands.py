@@ -67,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Compress an image with a trained codec. Each iteration adds 0.125 bpp.")
     p.add_argument("image", type=Path, help="input image (PNG, JPEG, …)")
     p.add_argument("out", type=Path, help="output bitstream file")
-    p.add_argument("--checkpoint", required=True, type=Path, metavar="CKPT", help="trained model checkpoint")
+    p.add_argument("--checkpoint", type=Path, metavar="CKPT",
+                   help="trained model checkpoint (default: the model bundled with rnncodec)")
     p.add_argument("--iterations", type=_iterations, default=8, help="iterations to code (default: 8, i.e. 1 bpp)")
     p.set_defaults(func=compress)
 
@@ -75,7 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Decode an rnncodec file, optionally only its first K iterations.")
     p.add_argument("input", type=Path, help="bitstream written by `rnncodec compress`")
     p.add_argument("out", type=Path, help="output PNG")
-    p.add_argument("--checkpoint", required=True, type=Path, metavar="CKPT", help="the checkpoint that compressed it")
+    p.add_argument("--checkpoint", type=Path, metavar="CKPT",
+                   help="the checkpoint that compressed it (default: the model bundled with rnncodec)")
     p.add_argument("--iterations", type=_iterations, default=None, help="decode only the first K iterations")
     p.set_defaults(func=decompress)
 

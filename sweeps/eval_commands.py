@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from codec import baselines, evaluation, kodak
-from codec.checkpoint import load_checkpoint
+from codec.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from codec.errors import CodecError
 from codec.rd_plots import load_anchors, rd_plot
 
@@ -44,8 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Measure a checkpoint's rate–distortion curve on a folder of images (bpp of the real "
         "bitstream, PSNR and 5-scale MS-SSIM averaged per image) beside Pillow baselines measured on the same "
         "images; write CompressAI-format JSONs, a per-image CSV, BD-rates, AUCs and RD plots.")
-    p.add_argument("--checkpoint", required=True, type=Path, action="append", metavar="CKPT",
-                   help="model checkpoint (repeat to compare several)")
+    p.add_argument("--checkpoint", type=Path, action="append", metavar="CKPT",
+                   help="model checkpoint (repeat to compare several; default: the model bundled with rnncodec)")
     p.add_argument("--images", required=True, type=Path, metavar="DIR", help="folder of test images (Kodak)")
     p.add_argument("--out", required=True, type=Path, metavar="RESULTS_DIR", help="folder for the results")
     p.add_argument("--iterations", default="1-16", metavar="SPEC",
@@ -101,6 +101,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.download_kodak:
         kodak.download_kodak(args.images, console=console)
     images = evaluation.load_images(args.images, limit=args.limit, crop=args.crop)
+    args.checkpoint = args.checkpoint or [DEFAULT_CHECKPOINT]
     models = [load_checkpoint(p).to(device) for p in args.checkpoint]
     names = _names(args.checkpoint)
     columns = (TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
