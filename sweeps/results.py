@@ -209,6 +209,35 @@ def _figure(path: Path, spec: Sweep, trials, axis: str | None) -> None:
     tmp.replace(path)
 
 
+def best_per_configuration(spec: Sweep, trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The trial with the best metric (over repeats) of each configuration that has a checkpoint."""
+    chosen: dict[str, tuple[float, dict[str, Any]]] = {}
+    for t in trials:
+        b = best(spec, t["history"]) if t["checkpoint"] else None
+        label = _label(spec, t["params"])
+        old = chosen.get(label)
+        if b is not None and (old is None or (b > old[0]) == (spec.mode == "max")):
+            chosen[label] = (b, t)
+    return {label: t for label, (_, t) in chosen.items()}
+
+
+def _rd_curves(out: Path, spec: Sweep, trials: list[dict[str, Any]], fs: pafs.FileSystem, images: str | Path,
+               anchors: str | Path | None, limit: int | None) -> list[str]:
+    """Rate–distortion of each configuration's best checkpoint on ``images`` (e.g. Kodak), through
+    the same code as ``rnncodec eval``, drawn over the published curves in ``anchors``."""
+    from codec import evaluation, rd_plots
+    from codec.checkpoint import model_from_state
+
+    named = evaluation.load_images(images, limit=limit)
+    results = []
+    for label, t in sorted(best_per_configuration(spec, trials).items())[:8]:
+        model = model_from_state(read_state(fs, t["checkpoint"])["model"], t["checkpoint"])
+        name = label.replace("\n", " ")
+        results.append(evaluation.evaluate_checkpoint(model, named, f"1-{t['params']['iterations']}", name=name,
+                                                      description=f"best repeat of {name}", timing="prefix"))
+    return [p.name for p in rd_plots.rd_plot(results, anchors, out, title=f"{spec.name}: best checkpoints")]
+
+
 def _reconstructions(path: Path, spec: Sweep, trials, data_location: str, fs: pafs.FileSystem, count: int = 8) -> bool:
     """Originals and, per configuration (its best repeat's last checkpoint), reconstructions."""
     import matplotlib
@@ -228,20 +257,11 @@ def _reconstructions(path: Path, spec: Sweep, trials, data_location: str, fs: pa
         return False
     pixels = torch.from_numpy(reader.images(spread(count, len(reader))))
     reader.close()
-    chosen: dict[str, dict] = {}
-    for t in trials:
-        if not t["checkpoint"]:
-            continue
-        label = _label(spec, t["params"])
-        b = best(spec, t["history"])
-        old = chosen.get(label)
-        if b is not None and (old is None or (b > old["b"]) == (spec.mode == "max")):
-            chosen[label] = {"b": b, "trial": t}
+    chosen = best_per_configuration(spec, trials)
     if not chosen:
         return False
     rows_ = [("original", pixels.numpy())]
-    for label, c in sorted(chosen.items())[:12]:
-        t = c["trial"]
+    for label, t in sorted(chosen.items())[:12]:
         try:
             state = read_state(fs, t["checkpoint"])
             model = model_from_state(state["model"], t["checkpoint"])
@@ -321,8 +341,10 @@ def summary_markdown(spec: Sweep, trials: list[dict[str, Any]], figures: list[st
     return "\n".join(lines)
 
 
-def write_report(location: str, out: str | Path | None = None) -> dict[str, Any]:
-    """Write results.csv, figures and summary.md into ``out`` (default: ``report/`` of a local sweep)."""
+def write_report(location: str, out: str | Path | None = None, images: str | Path | None = None,
+                 anchors: str | Path | None = None, limit: int | None = None) -> dict[str, Any]:
+    """Write results.csv, figures and summary.md into ``out`` (default: ``report/`` of a local sweep);
+    with ``images`` (e.g. Kodak) also rate–distortion plots of each configuration's best checkpoint."""
     spec, trials = collect(location)
     stored = read_sweep_file(location)
     if out is None:
@@ -353,6 +375,8 @@ def write_report(location: str, out: str | Path | None = None) -> dict[str, Any]
     fs, _ = filesystem(location)
     if _reconstructions(out / "reconstructions.png", spec, trials, stored["context"]["data"], fs):
         figures.append("reconstructions.png")
+    if images is not None:
+        figures += _rd_curves(out, spec, trials, fs, images, anchors, limit)
     text = summary_markdown(spec, trials, figures)
     (out / ".summary.md.tmp").write_text(text)
     (out / ".summary.md.tmp").replace(out / "summary.md")

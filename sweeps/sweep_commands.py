@@ -40,7 +40,7 @@ def _status(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from sweeps.results import write_report
 
-    result = write_report(args.path, args.out)
+    result = write_report(args.path, args.out, images=args.images, anchors=args.anchors, limit=args.limit)
     _say(f"wrote {result['out']}: results.csv ({result['rows']} rows), {', '.join(result['figures'])}, summary.md")
     print(result["out"])
     return 0
@@ -87,6 +87,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "images, and summary.md.")
     q.add_argument("path", metavar="PATH", help="the sweep folder STORAGE/NAME (or its URI)")
     q.add_argument("--out", help="report folder (default: PATH/report)")
+    q.add_argument("--images", metavar="DIR", help="also plot rate–distortion of each configuration's best "
+                   "checkpoint on these images (e.g. Kodak), as `rnncodec eval` measures it")
+    q.add_argument("--anchors", metavar="DIR", help="published curves to overlay on those plots")
+    q.add_argument("--limit", type=int, metavar="N", help="use only the first N of --images")
     q.set_defaults(func=_report)
 
 

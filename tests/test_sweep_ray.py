@@ -18,6 +18,9 @@ import yaml
 
 ray = pytest.importorskip("ray")
 
+from PIL import Image  # noqa: E402
+
+from data import sample_images  # noqa: E402
 from sweeps import runner  # noqa: E402
 from sweeps.results import collect, status_table, write_report  # noqa: E402
 from sweeps.spec import parse_spec  # noqa: E402
@@ -85,10 +88,14 @@ def test_failing_trials_are_retried_from_their_checkpoints_and_logged(cluster, t
 
     table, _, _ = status_table(location)
     assert table.row_count == 2
-    report = write_report(location)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(dict(sample_images())["coffee"][100:292, 200:392]).save(photos / "coffee.png")
+    report = write_report(location, images=photos)
     out = Path(report["out"])
     assert report["rows"] == 6
-    assert {"results.csv", "summary.md", "curves_by_batch_size.png", "reconstructions.png"} <= {p.name for p in out.iterdir()}
+    assert {"results.csv", "summary.md", "curves_by_batch_size.png", "reconstructions.png",
+            "rd_psnr.png", "rd_ms-ssim-db.png"} <= {p.name for p in out.iterdir()}
     assert "batch_size 8 vs 16" in (out / "summary.md").read_text()
 
 
