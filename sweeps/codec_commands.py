@@ -17,6 +17,7 @@ from codec.model import MAX_ITERATIONS
 from codec.training import random_patches
 from data import open_split, sample_images
 from data.loader import BatchLoader
+from sweeps.arguments import positive
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -26,15 +27,6 @@ def _iterations(text: str) -> int:
     if not 1 <= n <= MAX_ITERATIONS:
         raise argparse.ArgumentTypeError(f"must be in 1..{MAX_ITERATIONS} (0.125 bpp each)")
     return n
-
-
-def _positive(kind: type) -> callable:
-    def parse(text: str):
-        v = kind(text)
-        if v <= 0:
-            raise argparse.ArgumentTypeError("must be positive")
-        return v
-    return parse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,16 +39,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, metavar="CKPT", help="checkpoint file to write")
     p.add_argument("--cell", choices=codec.CELLS, default="lstm", help="recurrent cell (default: lstm)")
     p.add_argument("--mode", choices=codec.MODES, default="additive", help="reconstruction mode (default: additive)")
-    p.add_argument("--width", type=_positive(float), default=0.25,
+    p.add_argument("--width", type=positive(float), default=0.25,
                    help="channel multiplier; 1 is the paper's 35M-parameter model (default: 0.25, CPU-friendly)")
     p.add_argument("--iterations", type=_iterations, default=8, help="iterations per patch, 0.125 bpp each (default: 8)")
-    p.add_argument("--batch-size", type=_positive(int), default=32, help="patches per step (default: 32)")
-    p.add_argument("--steps", type=_positive(int), default=500, help="optimizer steps (default: 500)")
+    p.add_argument("--batch-size", type=positive(int), default=32, help="patches per step (default: 32)")
+    p.add_argument("--steps", type=positive(int), default=500, help="optimizer steps (default: 500)")
     p.add_argument("--loss", choices=codec.LOSSES, default="l1", help="training loss (default: l1, the paper's)")
-    p.add_argument("--lr", type=_positive(float), default=5e-4, help="Adam learning rate (default: 5e-4)")
+    p.add_argument("--lr", type=positive(float), default=5e-4, help="Adam learning rate (default: 5e-4)")
     p.add_argument("--activation", choices=("none", "leaky-relu"), default="none",
                    help="non-linearity after E-Conv and D-Conv 1 (default: none, as the paper)")
-    p.add_argument("--save-every", type=_positive(int), default=500, metavar="STEPS",
+    p.add_argument("--save-every", type=positive(int), default=500, metavar="STEPS",
                    help="also write the checkpoint every STEPS steps (default: 500)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'")

@@ -16,6 +16,7 @@ from codec import baselines, evaluation, kodak
 from codec.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from codec.errors import CodecError
 from codec.rd_plots import load_anchors, rd_plot
+from sweeps.arguments import positive
 
 console = Console(stderr=True)
 
@@ -28,13 +29,6 @@ def _qualities(text: str) -> tuple[int, ...]:
     if not values or any(not 1 <= v <= 100 for v in values):
         raise argparse.ArgumentTypeError("qualities must lie in 1..100")
     return values
-
-
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return v
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -61,8 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="exact: compress and decompress afresh at every iteration count; prefix: once at the "
                    "largest, smaller counts cut from it (same bits and quality, times scaled by k/K; much faster "
                    "for 1-16) (default: exact)")
-    p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="use only the first N images")
-    p.add_argument("--crop", type=_positive_int, default=None, metavar="PX",
+    p.add_argument("--limit", type=positive(int), default=None, metavar="N", help="use only the first N images")
+    p.add_argument("--crop", type=positive(int), default=None, metavar="PX",
                    help="centre-crop every image to PX×PX (quick checks; not comparable to published curves)")
     p.add_argument("--device", default="cpu", help="cpu (default, as the published timings) or cuda[:N]")
     p.add_argument("--download-kodak", action="store_true",

@@ -7,6 +7,8 @@ import sys
 
 from rich.console import Console
 
+from sweeps.arguments import positive
+
 console = Console(stderr=True)
 
 
@@ -46,13 +48,6 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _num_cpus(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return n
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="run, resume and inspect Ray Tune sweeps of codec trials",
                        description="Ray Tune sweeps: every trial trains a codec, reports per epoch, checkpoints, "
@@ -65,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--name", help="sweep name (default: the file's name key); the folder is STORAGE/NAME")
     q.add_argument("--storage", help="results folder or pyarrow URI such as s3://bucket/sweeps (default: the file's)")
     q.add_argument("--address", help="join this Ray cluster (e.g. auto or HOST:6379) instead of starting one")
-    q.add_argument("--num-cpus", type=_num_cpus, help="CPUs of the local Ray (default: all)")
+    q.add_argument("--num-cpus", type=positive(int), help="CPUs of the local Ray (default: all)")
     q.set_defaults(func=_run)
 
     q = cmds.add_parser("resume", help="continue a sweep's unfinished and errored trials from their checkpoints",
@@ -73,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "last readable checkpoints (trials that finished stay finished).")
     q.add_argument("path", metavar="PATH", help="the sweep folder STORAGE/NAME (or its URI)")
     q.add_argument("--address", help="join this Ray cluster instead of starting one")
-    q.add_argument("--num-cpus", type=_num_cpus, help="CPUs of the local Ray (default: all)")
+    q.add_argument("--num-cpus", type=positive(int), help="CPUs of the local Ray (default: all)")
     q.set_defaults(func=_resume)
 
     q = cmds.add_parser("status", help="table of a sweep's trials", description="State, epoch, failures and best "
