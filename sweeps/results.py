@@ -19,7 +19,7 @@ import pyarrow.fs as pafs
 
 from sweeps.runner import read_sweep_file
 from sweeps.spec import Sweep, SweepError
-from sweeps.trainable import META_FILE, checkpoints, filesystem, read_state
+from sweeps.trainable import META_FILE, checkpoints, filesystem, is_complete, read_state
 
 
 def _read_json(fs: pafs.FileSystem, path: str) -> Any:
@@ -72,6 +72,8 @@ def collect(location: str) -> tuple[Sweep, list[dict[str, Any]]]:
                 meta = _read_json(fs, f"{folder}/{META_FILE}")
             except Exception:
                 continue
+            if not is_complete(fs, folder, meta):
+                continue  # not a saved epoch
             record.update(params=meta.get("params", {}), repeat=meta.get("repeat"), epoch=meta.get("epoch", 0),
                           history=meta.get("history", []), checkpoint=folder)
             break

@@ -87,6 +87,12 @@ def checkpoints(fs: pafs.FileSystem, trial_dir: str) -> list[tuple[int, str]]:
     return sorted(found, key=lambda t: (t[0], t[1]), reverse=True)
 
 
+def is_complete(fs: pafs.FileSystem, folder: str, meta: dict[str, Any]) -> bool:
+    """Whether the state file has the size meta.json recorded: a copy into storage cut short by a
+    killed driver leaves meta.json whole but the state file short."""
+    return "state_bytes" not in meta or fs.get_file_info(f"{folder}/{STATE_FILE}").size == meta["state_bytes"]
+
+
 def read_state(fs: pafs.FileSystem, folder: str, key: str | None = None) -> dict[str, Any]:
     """The trial state in checkpoint ``folder``; SweepError saying why when it cannot be used."""
     try:
@@ -206,6 +212,7 @@ def _save(folder: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, folder / STATE_FILE)
     tmp = folder / f".{META_FILE}.tmp"
     meta = {k: state[k] for k in ("epoch", "trial_key", "repeat", "params", "history", "seed")}
+    meta["state_bytes"] = (folder / STATE_FILE).stat().st_size
     tmp.write_text(json.dumps(meta, default=float))
     os.replace(tmp, folder / META_FILE)
 
