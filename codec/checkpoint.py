@@ -77,6 +77,22 @@ def load_checkpoint(path: str | Path | None = None) -> RNNCodec:
     return model_from_state(read_checkpoint(DEFAULT_CHECKPOINT if path is None else path), str(path or DEFAULT_CHECKPOINT))
 
 
+def warm_start(model: RNNCodec, path: str | Path) -> list[str]:
+    """Copy the encoder, binarizer and decoder of checkpoint ``path`` into ``model``, which may use
+    another reconstruction mode (a gain estimator on either side is new or dropped). Returns the
+    names of ``model``'s weights that the checkpoint did not provide."""
+    source = load_checkpoint(path).state_dict()
+    own = model.state_dict()
+    core = [k for k in own if not k.startswith("gain.")]
+    differing = [k for k in core if k not in source or source[k].shape != own[k].shape]
+    if differing:
+        raise CodecError(f"{path} does not fit this network ({len(differing)} weights differ, e.g. {differing[:3]}); "
+                         "give --init a checkpoint of the same cell and width")
+    shared = {k: v for k, v in source.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(shared, strict=False)
+    return sorted(set(own) - set(shared))
+
+
 _id_cache: weakref.WeakKeyDictionary[RNNCodec, tuple[tuple, bytes]] = weakref.WeakKeyDictionary()
 
 

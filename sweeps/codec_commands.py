@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="non-linearity after E-Conv and D-Conv 1 (default: none, as the paper)")
     p.add_argument("--save-every", type=positive(int), default=500, metavar="STEPS",
                    help="also write the checkpoint every STEPS steps (default: 500)")
+    p.add_argument("--init", type=Path, metavar="CKPT",
+                   help="start from this checkpoint's weights (same cell and width; the mode may differ)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'")
     p.add_argument("--amp", action="store_true", help="bfloat16 mixed precision (useful on GPUs)")
@@ -128,12 +130,16 @@ def train(args: argparse.Namespace) -> int:
     device = _device(args.device)
     stream = _PatchStream(args.data, args.batch_size, args.seed)
     config = codec.CodecConfig(cell=args.cell, mode=args.mode, width=args.width, activation=args.activation)
-    model = codec.RNNCodec(config).to(device)
+    model = codec.RNNCodec(config)
+    fresh = codec.warm_start(model, args.init) if args.init else []
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.steps)
     params = sum(p.numel() for p in model.parameters())
     console.print(f"training {args.cell}/{args.mode} width {args.width} ({params:,} parameters) on "
                   f"{stream.description}, {args.iterations} iterations, batch {args.batch_size}, {device}")
+    if args.init:
+        console.print(f"weights from {args.init}" + (f"; new: {', '.join(fresh)}" if fresh else ""))
     start = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
@@ -144,11 +150,12 @@ def train(args: argparse.Namespace) -> int:
             schedule.step()
             progress.update(task, advance=1, loss=loss)
             if step % args.save_every == 0 or step == args.steps:
-                codec.save_checkpoint(args.out, model, steps=step, loss=args.loss, data=str(args.data))
-    quality = codec.evaluate(model, stream.held_out, args.iterations)
-    psnr = " ".join(f"{v:.2f}" for v in quality["psnr"])
-    console.print(f"wrote {args.out} after {time.perf_counter() - start:.0f} s; held-out PSNR (dB) at "
-                  f"0.125..{0.125 * args.iterations:g} bpp: {psnr}")
+                codec.save_checkpoint(args.out, model, steps=step, loss=args.loss, data=str(args.data),
+                                      init=str(args.init or ""))
+                psnr = codec.evaluate(model, stream.held_out, args.iterations)["psnr"]
+                progress.console.print(f"step {step}: held-out PSNR (dB) at 0.125..{0.125 * args.iterations:g} "
+                                       f"bpp: {' '.join(f'{v:.2f}' for v in psnr)}")
+    console.print(f"wrote {args.out} after {time.perf_counter() - start:.0f} s")
     return 0
 
 

@@ -82,3 +82,12 @@ def test_train_reads_prepared_arrow_shards(tmp_path):
                  "--iterations", "1", "--batch-size", "8")
     assert result.returncode == 0, result.stderr
     assert "prepared patches" in result.stderr and (tmp_path / "m.pt").is_file()
+
+
+def test_train_can_start_from_a_checkpoint(trained, tmp_path):
+    result = run("train", "--data", "sample", "--out", str(tmp_path / "m.pt"), "--init", str(trained), "--steps", "1",
+                 "--width", "0.125", "--iterations", "2", "--batch-size", "4", "--cell", "gru", "--mode", "additive")
+    assert result.returncode == 0, result.stderr
+    assert f"weights from {trained}" in result.stderr
+    _fails_cleanly(run("train", "--data", "sample", "--out", str(tmp_path / "w.pt"), "--init", str(trained),
+                       "--steps", "1", "--width", "0.25", "--cell", "gru"), "same cell and width")

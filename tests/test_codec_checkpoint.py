@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from codec import CodecConfig, CodecError, RNNCodec, load_checkpoint, model_id, save_checkpoint
+from codec import CodecConfig, CodecError, RNNCodec, load_checkpoint, model_id, save_checkpoint, warm_start
 
 
 def test_round_trip_rebuilds_the_same_model(tmp_path):
@@ -49,3 +49,15 @@ def test_unsafe_or_foreign_files_are_refused(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(CodecError, match="no such checkpoint file"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_warm_start_copies_matching_weights_and_names_the_new_ones(tmp_path):
+    torch.manual_seed(0)
+    additive = RNNCodec(CodecConfig(width=0.125))
+    save_checkpoint(tmp_path / "a.pt", additive)
+    scaled = RNNCodec(CodecConfig(width=0.125, mode="residual-scaling"))
+    new = warm_start(scaled, tmp_path / "a.pt")
+    assert new and all(name.startswith("gain.") for name in new)
+    assert torch.equal(scaled.encoder.conv.weight, additive.encoder.conv.weight)
+    with pytest.raises(CodecError, match="same cell and width"):
+        warm_start(RNNCodec(CodecConfig(width=0.25)), tmp_path / "a.pt")
