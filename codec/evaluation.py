@@ -157,6 +157,14 @@ def _device_sync(model: RNNCodec) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed(model: RNNCodec, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """``fn(*args)`` and its wall time in seconds, the model's device included."""
+    start = time.perf_counter()
+    out = fn(*args)
+    _device_sync(model)
+    return out, time.perf_counter() - start
+
+
 def evaluate_checkpoint(model: RNNCodec, images: Sequence[Any], iterations: str | int | Sequence[int] = "1-16",
                         *, name: str = "rnncodec", description: str | None = None, timing: str = "exact",
                         advance: Callable[[], None] | None = None) -> dict[str, Any]:
@@ -176,22 +184,13 @@ def evaluate_checkpoint(model: RNNCodec, images: Sequence[Any], iterations: str 
         per_k: dict[int, tuple[bytes, np.ndarray, float, float]] = {}
         if timing == "exact":
             for k in ks:
-                start = time.perf_counter()
-                data = compress(model, image, k)
-                enc = time.perf_counter() - start
-                start = time.perf_counter()
-                rec = decompress(model, data)
-                _device_sync(model)
-                per_k[k] = (data, rec, enc, time.perf_counter() - start)
+                data, enc = _timed(model, compress, model, image, k)
+                rec, dec = _timed(model, decompress, model, data)
+                per_k[k] = (data, rec, enc, dec)
         else:
             top = ks[-1]
-            start = time.perf_counter()
-            data = compress(model, image, top)
-            enc = time.perf_counter() - start
-            start = time.perf_counter()
-            recs = decompress_progressive(model, data)
-            _device_sync(model)
-            dec = time.perf_counter() - start
+            data, enc = _timed(model, compress, model, image, top)
+            recs, dec = _timed(model, decompress_progressive, model, data)
             for k in ks:
                 per_k[k] = (prefix_bitstream(data, k), recs[k - 1], enc * k / top, dec * k / top)
         for k in ks:
