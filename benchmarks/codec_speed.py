@@ -24,10 +24,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from codec import CodecConfig, RNNCodec, compress, decompress  # noqa: E402
-from codec.evaluation import load_images, parse_iterations  # noqa: E402
+from rnncodec.codec import CodecConfig, RNNCodec, compress, decompress  # noqa: E402
+from rnncodec.evaluation.rd import load_images, parse_iterations  # noqa: E402
 
 
 def main() -> int:

@@ -24,10 +24,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from data.errors import DataError  # noqa: E402  (after the path set-up)
-from data.reader import DEFAULT_MAX_MAPPED  # noqa: E402
+from rnncodec.data.errors import DataError  # noqa: E402  (after the path set-up)
+from rnncodec.data.reader import DEFAULT_MAX_MAPPED  # noqa: E402
 
 BATCH = 128
 SHARED = ROOT.parent / "shared" / "data" / "cifar10"
@@ -46,8 +45,8 @@ def _status() -> dict:
 
 def rss_child(folder: str, max_mapped_bytes: int) -> None:
     """Run in a fresh process: one shuffled epoch through the loader; print its memory as JSON."""
-    import data
-    from data.loader import BatchLoader
+    from rnncodec import data
+    from rnncodec.data.loader import BatchLoader
 
     reader = data.open_split(folder, verify_sha256=False, max_mapped_bytes=max_mapped_bytes)
     loader = BatchLoader(reader, BATCH, seed=0)
@@ -80,8 +79,9 @@ def measure_rss(folder: Path, max_mapped_bytes: int) -> dict:
 
 def write_repeated(source: Path, out: Path, repeats: int) -> Path:
     """A training split holding ``source``'s training rows ``repeats`` times (for a larger set without more data)."""
-    import data
-    from data.shards import DEFAULT_ROWS_PER_SHARD, FORMAT_VERSION, MANIFEST, Rows, ShardWriter, write_json
+    from rnncodec import data
+    from rnncodec.data.files import write_json
+    from rnncodec.data.shards import DEFAULT_ROWS_PER_SHARD, FORMAT_VERSION, MANIFEST, Rows, ShardWriter
 
     out.mkdir(parents=True, exist_ok=True)
     with data.open_split(source, verify_sha256=False) as reader:
@@ -114,8 +114,8 @@ def write_repeated(source: Path, out: Path, repeats: int) -> Path:
 
 
 def reader_throughput(folder: Path, epochs: int) -> dict:
-    import data
-    from data.loader import BatchLoader
+    from rnncodec import data
+    from rnncodec.data.loader import BatchLoader
 
     loader = BatchLoader(data.open_split(folder, verify_sha256=False), BATCH, seed=0)
     rates = []
@@ -179,8 +179,8 @@ def main() -> None:
     if args.rss_child:
         return rss_child(args.rss_child, args.max_mapped_bytes)
 
-    import data
-    from data.cifar import CIFAR100, locate
+    from rnncodec import data
+    from rnncodec.data.cifar import CIFAR100, locate
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)

@@ -26,13 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def sweep(root: Path, name: str, trials: int, epochs: int, steps: int, wandb_mode: str) -> dict:
-    from sweeps import runner
-    from sweeps.results import collect
-    from sweeps.spec import parse_spec
+    from rnncodec.sweeps import runner
+    from rnncodec.sweeps.results import collect
+    from rnncodec.sweeps.spec import parse_spec
 
     spec = parse_spec({
         "name": name,

@@ -19,8 +19,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from codec.model import CodecConfig, ConvLSTMCell, RNNCodec
-from codec.training import train_step
+from rnncodec.codec.model import CodecConfig, ConvLSTMCell, RNNCodec
+from rnncodec.codec.training import train_step
 
 
 def _plain_lstm_forward(self: ConvLSTMCell, x, state):

@@ -1,17 +1,20 @@
 """Residual recurrent image codec of Toderici et al., "Full Resolution Image Compression with
-Recurrent Neural Networks", CVPR 2017, in PyTorch."""
+Recurrent Neural Networks", CVPR 2017, in PyTorch.
 
-from codec.bitstream import compress, decompress, decompress_progressive
-from codec.checkpoint import load_checkpoint, model_id, save_checkpoint, warm_start
-from codec.errors import CodecError
-from codec.image import load_image, save_png
-from codec.losses import LOSSES, codec_loss
-from codec.metrics import ms_ssim, psnr, rd_auc
-from codec.model import CELLS, MODES, CodecConfig, RNNCodec
-from codec.training import evaluate, train_step
+The public API below is imported on first use: ``rnncodec.codec.options`` (the choices and limits)
+and ``rnncodec.codec.errors`` load without torch.
+"""
 
-__all__ = [
-    "CELLS", "LOSSES", "MODES", "CodecConfig", "CodecError", "RNNCodec", "codec_loss", "compress",
-    "decompress", "decompress_progressive", "evaluate", "load_checkpoint", "load_image", "model_id",
-    "ms_ssim", "psnr", "rd_auc", "save_checkpoint", "save_png", "train_step", "warm_start",
-]
+from rnncodec.data.lazy import lazy_exports
+
+_API = {
+    "compress": "bitstream", "decompress": "bitstream", "decompress_progressive": "bitstream",
+    "load_checkpoint": "checkpoint", "model_id": "checkpoint", "save_checkpoint": "checkpoint",
+    "warm_start": "checkpoint", "CodecError": "errors", "LOSSES": "options", "CELLS": "options",
+    "MODES": "options", "codec_loss": "losses", "ms_ssim": "metrics", "psnr": "metrics", "rd_auc": "metrics",
+    "CodecConfig": "model", "RNNCodec": "model", "Trainer": "training", "TrainConfig": "training",
+    "evaluate": "training", "train_step": "training",
+    "load_image": "rnncodec.data.images", "save_png": "rnncodec.data.images",
+}
+__all__ = sorted(_API)
+__getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -23,15 +23,18 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from codec.checkpoint import model_id
-from codec.errors import CodecError
-from codec.image import pad_to_stride, to_input, to_pixels, to_rgb8
-from codec.model import MAX_ITERATIONS, STRIDE, RNNCodec
+from rnncodec.codec.checkpoint import model_id
+from rnncodec.codec.errors import CodecError
+from rnncodec.codec.image import pad_to_stride, to_input, to_pixels
+from rnncodec.codec.model import RNNCodec
+from rnncodec.codec.options import MAX_ITERATIONS, STRIDE
+from rnncodec.data.images import to_rgb8
 
 MAGIC = b"RNNC"
 VERSION = 1
@@ -199,6 +202,18 @@ def decompress_progressive(model: RNNCodec, data: bytes, iterations: int | None 
 def decompress(model: RNNCodec, data: bytes, iterations: int | None = None) -> np.ndarray:
     """Decode ``data`` to an H×W×3 uint8 image using its first ``iterations`` iterations."""
     return np.ascontiguousarray(decompress_progressive(model, data, iterations)[-1])
+
+
+def read_bitstream(path: str | Path) -> bytes:
+    """The bytes of an rnncodec file, read no further than its header says the file can reach (plus one
+    byte, so trailing data is still noticed): a huge foreign file costs no memory."""
+    path = Path(path)
+    if not path.is_file():
+        raise CodecError(f"no such file: {path}")
+    with open(path, "rb") as f:
+        head = f.read(HEADER_BYTES)
+        header = parse_header(head)
+        return head + f.read(header.iterations * (header.chunk_bytes + _CRC.size) + 1)
 
 
 def prefix_bitstream(data: bytes, iterations: int) -> bytes:

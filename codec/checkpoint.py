@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from codec.errors import CodecError
-from codec.image import write_atomic
-from codec.model import CodecConfig, RNNCodec
+from rnncodec.codec.errors import CodecError
+from rnncodec.codec.model import CodecConfig, RNNCodec
+from rnncodec.data.files import write_atomic
 
 FORMAT = "rnncodec-model"
 VERSION = 1

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from codec.errors import CodecError
-from codec.metrics import ms_ssim
-
-LOSSES = ("l1", "mse", "ms-ssim")
+from rnncodec.codec.errors import CodecError
+from rnncodec.codec.metrics import ms_ssim
+from rnncodec.codec.options import LOSSES
 
 
 def codec_loss(name: str, x: Tensor, out: dict[str, list[Tensor]]) -> Tensor:

@@ -11,6 +11,7 @@ multiples of 16. Each iteration emits ``bits`` binary codes per 16×16 pixel blo
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -18,13 +19,36 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from codec.errors import CodecError
+from rnncodec.codec.errors import CodecError
+from rnncodec.codec.options import (
+    ACTIVATIONS,
+    BITS,
+    CELLS,
+    MAX_BITS,
+    MAX_CHANNELS,
+    MAX_ITERATIONS,
+    MAX_KERNEL,
+    MAX_WIDTH,
+    MODES,
+    STRIDE,
+)
+from rnncodec.data.errors import shown
 
-CELLS = ("lstm", "gru")
-MODES = ("one-shot", "additive", "residual-scaling")
-ACTIVATIONS = ("none", "leaky-relu")
-STRIDE = 16  # the encoder halves the resolution four times
-MAX_ITERATIONS = 16
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_SEQUENCES = {"encoder_channels": 4, "encoder_hidden_kernels": 3, "decoder_channels": 4, "decoder_hidden_kernels": 4}
+_TYPES = {
+    "cell": lambda v: isinstance(v, str), "mode": lambda v: isinstance(v, str),
+    "activation": lambda v: isinstance(v, str), "bias": lambda v: isinstance(v, bool),
+    "width": lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v),
+    "bits": _is_int, "kernel_size": _is_int, "decoder_input_channels": _is_int, "gain_channels": _is_int,
+}
+_TYPE_NAMES = {"cell": "text", "mode": "text", "activation": "text", "bias": "true or false",
+               "width": "a finite number", "bits": "an integer", "kernel_size": "an integer",
+               "decoder_input_channels": "an integer", "gain_channels": "an integer"}
 
 
 @dataclass(frozen=True)
@@ -34,7 +58,7 @@ class CodecConfig:
     cell: str = "lstm"
     mode: str = "additive"
     width: float = 1.0  # multiplies every channel count except the code bits
-    bits: int = 32  # binary codes per 16×16 block
+    bits: int = BITS  # binary codes per 16×16 block
     kernel_size: int = 3
     encoder_channels: tuple[int, ...] = (64, 256, 512, 512)  # E-Conv, E-RNN 1..3
     encoder_hidden_kernels: tuple[int, ...] = (1, 1, 1)
@@ -46,27 +70,37 @@ class CodecConfig:
     bias: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("encoder_channels", "encoder_hidden_kernels", "decoder_channels",
-                     "decoder_hidden_kernels"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        # Configurations also come from files (checkpoints): check every type and bound before
+        # anything is built from them, so a crafted file cannot allocate out of proportion.
         problems = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _SEQUENCES:
+                ok = isinstance(value, (list, tuple)) and len(value) == _SEQUENCES[f.name] and all(map(_is_int, value))
+                if ok:
+                    object.__setattr__(self, f.name, tuple(int(v) for v in value))
+                else:
+                    problems.append(f"{f.name} must be {_SEQUENCES[f.name]} integers, got {shown(value)}")
+            elif not _TYPES[f.name](value):
+                problems.append(f"{f.name} must be {_TYPE_NAMES[f.name]}, got {shown(value)}")
+        if problems:
+            raise CodecError("invalid codec configuration: " + "; ".join(problems))
         if self.cell not in CELLS:
             problems.append(f"cell {self.cell!r} is not one of {', '.join(CELLS)}")
         if self.mode not in MODES:
             problems.append(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
-        if not 0 < self.width <= 8:
-            problems.append(f"width {self.width} is outside (0, 8]")
-        if not 1 <= self.bits <= 1024:
-            problems.append(f"bits {self.bits} is outside 1..1024")
-        if len(self.encoder_channels) != 4 or len(self.encoder_hidden_kernels) != 3:
-            problems.append("the encoder needs 4 channel counts (E-Conv, E-RNN 1..3) and 3 hidden kernels")
-        if len(self.decoder_channels) != 4 or len(self.decoder_hidden_kernels) != 4:
-            problems.append("the decoder needs 4 channel counts and 4 hidden kernels (D-RNN 1..4)")
+        if not 0 < self.width <= MAX_WIDTH:
+            problems.append(f"width {self.width} is outside (0, {MAX_WIDTH:g}]")
+        if not 1 <= self.bits <= MAX_BITS:
+            problems.append(f"bits {self.bits} is outside 1..{MAX_BITS}")
         kernels = (self.kernel_size, *self.encoder_hidden_kernels, *self.decoder_hidden_kernels)
-        if any(k < 1 or k % 2 == 0 for k in kernels):
-            problems.append(f"kernel sizes must be odd and positive, got {kernels}")
+        if any(not 1 <= k <= MAX_KERNEL or k % 2 == 0 for k in kernels):
+            problems.append(f"kernel sizes must be odd in 1..{MAX_KERNEL}, got {kernels}")
+        counts = (*self.encoder_channels, self.decoder_input_channels, *self.decoder_channels, self.gain_channels)
+        if not problems and any(not 1 <= n or self.channels(n) > MAX_CHANNELS for n in counts):
+            problems.append(f"channel counts times the width must lie in 1..{MAX_CHANNELS}, got {counts} × {self.width:g}")
         if problems:
             raise CodecError("invalid codec configuration: " + "; ".join(problems))
 
@@ -78,11 +112,13 @@ class CodecConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CodecConfig:
+    def from_dict(cls, d: Any) -> CodecConfig:
+        if not isinstance(d, dict):
+            raise CodecError(f"a codec configuration must be a mapping of settings, got {shown(d)}")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(map(str, set(d) - known))
         if unknown:
-            raise CodecError(f"unknown codec configuration keys {unknown}; known keys: {sorted(known)}")
+            raise CodecError(f"unknown codec configuration keys {unknown[:5]}; known keys: {sorted(known)}")
         return cls(**d)
 
 

@@ -1,17 +1,63 @@
-"""One training step and a validation pass, shared by ``rnncodec train`` and the sweeps."""
+"""The training loop, shared by ``rnncodec train`` and every sweep trial: optimizer, learning-rate
+schedule, bfloat16 autocast, gradient clipping, the step itself, and the validation pass."""
 
 from __future__ import annotations
 
 import contextlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from codec.image import to_input, to_pixels
-from codec.losses import codec_loss
-from codec.metrics import ms_ssim
-from codec.model import RNNCodec
+from rnncodec.codec.errors import CodecError
+from rnncodec.codec.image import to_input, to_pixels
+from rnncodec.codec.losses import codec_loss
+from rnncodec.codec.metrics import ms_ssim
+from rnncodec.codec.model import RNNCodec
+from rnncodec.codec.options import LOSSES, LR_SCHEDULES, MAX_ITERATIONS, OPTIMIZERS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a codec is optimised. ``total_steps`` is the length the schedule spans."""
+
+    iterations: int = 8
+    loss: str = "l1"
+    optimizer: str = "adam"
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"  # none, cosine over total_steps, or step (÷10 at 2/3 of it)
+    total_steps: int = 1
+    grad_clip: float | None = None
+    amp: bool = False  # bfloat16 autocast; only used on CUDA
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        for name, value, options in (("loss", self.loss, LOSSES), ("optimizer", self.optimizer, OPTIMIZERS),
+                                     ("lr_schedule", self.lr_schedule, LR_SCHEDULES)):
+            if value not in options:
+                raise CodecError(f"{name} {value!r} is not one of {', '.join(options)}")
+        if not 1 <= self.iterations <= MAX_ITERATIONS:
+            raise CodecError(f"iterations must be in 1..{MAX_ITERATIONS}, got {self.iterations}")
+        if self.total_steps < 1 or not self.lr > 0:
+            raise CodecError("total_steps and lr must be positive")
+
+
+def set_deterministic(on: bool) -> None:
+    """Ask torch for deterministic kernels (GPU runs then reproduce bit for bit, somewhat slower). CPU
+    runs of this codec are deterministic either way."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
 
 
 def _device(model: RNNCodec) -> torch.device:
@@ -43,6 +89,71 @@ def train_step(model: RNNCodec, optimizer: torch.optim.Optimizer, pixels: Tensor
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     return value.item()
+
+
+class Trainer:
+    """A model, its optimizer and schedule, and the counters of a run: ``run(batches, n)`` takes n steps.
+
+    ``state_dict()`` holds everything needed to continue exactly (with the torch RNG state, which the
+    caller saves, since the binarizer is stochastic).
+    """
+
+    def __init__(self, model: RNNCodec, config: TrainConfig):
+        self.model, self.config = model, config
+        set_deterministic(config.deterministic)
+        params, lr, wd = model.parameters(), config.lr, config.weight_decay
+        fused = {"fused": True} if _device(model).type == "cuda" else {}
+        if config.optimizer == "adam":
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr, weight_decay=wd, **fused)
+        elif config.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=wd, **fused)
+        else:
+            self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._factor)
+        self.amp = config.amp and _device(model).type == "cuda"
+        self.steps, self.samples_seen, self.train_time = 0, 0, 0.0
+
+    def _factor(self, step: int) -> float:
+        total, kind = self.config.total_steps, self.config.lr_schedule
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        if kind == "step":
+            return 0.1 if step >= 2 * total // 3 else 1.0
+        return 1.0
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def run(self, batches: Iterator[Tensor], steps: int, on_step: Callable[[float], None] | None = None) -> list[float]:
+        """Take ``steps`` optimizer steps on batches drawn from ``batches``; returns their losses."""
+        c, losses = self.config, []
+        for _ in range(steps):
+            batch = next(batches)
+            start = time.perf_counter()
+            losses.append(train_step(self.model, self.optimizer, batch, c.iterations, c.loss, amp=self.amp,
+                                     grad_clip=c.grad_clip))
+            self.train_time += time.perf_counter() - start
+            self.schedule.step()
+            self.steps += 1
+            self.samples_seen += len(batch)
+            if on_step is not None:
+                on_step(losses[-1])
+        return losses
+
+    def evaluate(self, pixels: Tensor, keep: int = 0) -> dict[str, list]:
+        return evaluate(self.model, pixels, self.config.iterations, amp=self.amp, keep=keep)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.schedule.state_dict(),
+                "steps": self.steps, "samples_seen": self.samples_seen, "train_time": self.train_time,
+                "train_config": asdict(self.config)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        self.steps, self.samples_seen = int(state["steps"]), int(state["samples_seen"])
+        self.train_time = float(state["train_time"])
 
 
 @torch.inference_mode()
@@ -90,3 +201,39 @@ def random_patches(images: list[np.ndarray], count: int, rng: np.random.Generato
         x = rng.integers(0, im.shape[1] - size + 1)
         out[i] = im[y : y + size, x : x + size]
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+class PatchStream:
+    """Endless uint8 batches of 32×32 training patches and a fixed held-out batch, from ``source``: a
+    folder written by ``rnncodec data prepare`` (its train split, shuffled per epoch; held out: its val
+    split), ``sample`` (the photographs shipped with scikit-image) or a folder of images (random crops)."""
+
+    def __init__(self, source: str, batch_size: int, seed: int, held_out: int = 256):
+        from rnncodec.data.images import list_images, load_image
+        from rnncodec.data.loader import BatchLoader
+        from rnncodec.data.photos import sample_images
+        from rnncodec.data.reader import open_split
+        from rnncodec.data.shards import MANIFEST
+
+        self.batch_size, self.rng = batch_size, np.random.default_rng(seed)
+        if (Path(source) / MANIFEST).is_file():
+            self.loader: Any = BatchLoader(open_split(source, "train"), batch_size, seed=seed)
+            with open_split(source, "val") as val:
+                count = min(held_out, len(val))
+                self.held_out = torch.from_numpy(val.images(np.linspace(0, len(val) - 1, count).astype(np.int64)))
+            self.description = f"{len(self.loader.reader):,} prepared patches"
+            return
+        self.loader = None
+        found = [im for _, im in sample_images()] if source == "sample" else [load_image(p) for p in list_images(source)]
+        self.images = [im for im in found if min(im.shape[:2]) >= 32]
+        if not self.images:
+            raise CodecError(f"{source} holds no image of at least 32×32 pixels to train on")
+        self.held_out = random_patches(self.images, held_out, np.random.default_rng(seed + 1))
+        self.description = f"random crops of {len(self.images)} images"
+
+    def __iter__(self) -> Iterator[Tensor]:
+        while True:
+            if self.loader is None:
+                yield random_patches(self.images, self.batch_size, self.rng)
+            else:
+                yield from self.loader

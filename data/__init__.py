@@ -1,24 +1,16 @@
 """Training data for the codec: CIFAR and photo sources, Arrow shards, memory-mapped reading.
 
 ``prepare`` builds (or reuses) a cached folder of shards, ``open_split`` reads one split of it, and
-``data.loader.BatchLoader`` (the torch adapter, imported separately) yields uint8 batches.
+``rnncodec.data.loader.BatchLoader`` (the torch adapter, imported separately) yields uint8 batches.
+The attributes below are imported on first use.
 """
 
-from data.cache import default_cache_dir
-from data.errors import DataError
-from data.photos import sample_images
-from data.prepare import SOURCES, prepare
-from data.reader import EpochSampler, ShardReader, open_split
-from data.remote import resolve
+from rnncodec.data.lazy import lazy_exports
 
-__all__ = [
-    "SOURCES",
-    "DataError",
-    "EpochSampler",
-    "ShardReader",
-    "default_cache_dir",
-    "open_split",
-    "prepare",
-    "resolve",
-    "sample_images",
-]
+_API = {
+    "SOURCES": "sources", "prepare": "preparation", "DataError": "errors", "RnncodecError": "errors",
+    "EpochSampler": "reader", "ShardReader": "reader", "open_split": "reader", "default_cache_dir": "cache",
+    "resolve": "remote", "sample_images": "photos", "load_image": "images", "save_png": "images",
+}
+__all__ = sorted(_API)
+__getattr__, __dir__ = lazy_exports(__name__, _API)

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import DataError
-from data.progress import progress_bar
-from data.shards import IMAGE_BYTES, Rows, file_digest
+from rnncodec.data.errors import DataError
+from rnncodec.data.files import file_digest
+from rnncodec.data.progress import progress_bar
+from rnncodec.data.shards import IMAGE_BYTES, Rows
 
 FLAG = "--accept-unverified"
 CHUNK = 10_000

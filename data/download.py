@@ -8,8 +8,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from data.cifar import Layout
-from data.errors import DataError
+from rnncodec.data.cifar import Layout
+from rnncodec.data.errors import DataError
 
 
 def download_archive(layout: Layout, cache_dir: Path) -> Path:

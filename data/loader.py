@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
-from data.reader import EpochSampler, ShardReader
+from rnncodec.data.reader import EpochSampler, ShardReader
 
 
 class BatchLoader:

@@ -10,14 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from data.errors import DataError
-from data.progress import progress_bar
-from data.shards import Rows
+from rnncodec.data.errors import DataError
+from rnncodec.data.images import image_size, list_images, load_image
+from rnncodec.data.progress import progress_bar
+from rnncodec.data.shards import Rows
 
 TILE = 32
-PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 # Colour photographs shipped inside the scikit-image wheel (never fetched with pooch); the two views of
 # the motorcycle stereo pair are one group, so validation never sees a twin of a training photo.
@@ -41,19 +41,6 @@ def _skimage_data_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
-def _unreadable(path: Path, exc: Exception) -> DataError:
-    return DataError(f"cannot read image {path}: {exc}; remove or re-export the file")
-
-
-def load_rgb(path: Path) -> np.ndarray:
-    """Read one PNG/JPEG as an H×W×3 uint8 array (EXIF orientation applied, alpha dropped, grey replicated)."""
-    try:
-        with Image.open(path) as img:
-            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError) as exc:
-        raise _unreadable(path, exc) from exc
-
-
 def _sample_photos() -> list[tuple[str, Path]]:
     folder = _skimage_data_dir()
     photos = [(name, folder / name) for name in SAMPLE_PHOTOS if (folder / name).is_file()]
@@ -67,7 +54,7 @@ def _sample_photos() -> list[tuple[str, Path]]:
 
 def sample_images() -> list[tuple[str, np.ndarray]]:
     """The built-in sample photographs as (name, H×W×3 uint8), only those present in skimage/data."""
-    return [(Path(name).stem, load_rgb(path)) for name, path in _sample_photos()]
+    return [(Path(name).stem, load_image(path)) for name, path in _sample_photos()]
 
 
 def tile(image: np.ndarray) -> np.ndarray:
@@ -95,11 +82,7 @@ def hardest(patches: np.ndarray, k: int) -> np.ndarray:
 
 
 def _tile_count(path: Path) -> int:
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except (OSError, ValueError) as exc:
-        raise _unreadable(path, exc) from exc
+    width, height = image_size(path)
     return (width // TILE) * (height // TILE)
 
 
@@ -135,7 +118,7 @@ class PhotoSource:
 
     def chunks(self, split: str) -> Iterator[Rows]:
         for code in self.members[split]:
-            patches = tile(load_rgb(self.paths[code]))
+            patches = tile(load_image(self.paths[code]))
             keep = hardest(patches, self.hard_patches) if self.hard_patches else np.arange(len(patches))
             if len(keep) != self.rows[code]:
                 raise DataError(f"{self.paths[code]} changed while being prepared; prepare again")
@@ -178,13 +161,11 @@ def sample_source(*, hard_patches: int | None = None, val_fraction: float = 0.1)
 
 
 def folder_source(folder: Path, *, hard_patches: int | None = None, val_fraction: float = 0.1) -> PhotoSource:
-    """Every PNG/JPEG under ``folder`` (recursively), named by its path relative to it."""
+    """Every image under ``folder`` (recursively), named by its path relative to it."""
     folder = Path(folder).expanduser().resolve()
     if not folder.is_dir():
         raise DataError(f"photo folder {folder} does not exist; give folder:PATH an existing folder of PNG/JPEG files")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file())
-    if not paths:
-        raise DataError(f"{folder} holds no .png/.jpg/.jpeg files; point folder:PATH at your photographs")
+    paths = list_images(folder, recursive=True)
     photos = [(p.relative_to(folder).as_posix(), p) for p in paths]
     listing = hashlib.sha256(
         json.dumps([(name, p.stat().st_size, p.stat().st_mtime_ns) for name, p in photos]).encode()

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from data.errors import DataError
-from data.remote import resolve
-from data.shards import IMAGE_BYTES, IMAGE_SHAPE, SCHEMA, read_manifest, split_entry, verify
+from rnncodec.data.errors import DataError
+from rnncodec.data.remote import resolve
+from rnncodec.data.shards import IMAGE_BYTES, IMAGE_SHAPE, SCHEMA, read_manifest, split_entry, verify
 
 # Touching one 3 KiB row maps far more: a fault maps the whole page-cache folio around it, and folios
 # reach 2 MiB (about 1.6 MB per random row on Linux 6.18 / ext4). So mapped memory is counted in 2 MiB

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from data.errors import DataError
-from data.progress import progress_bar
+from rnncodec.data.errors import DataError, RnncodecError, shown
+from rnncodec.data.files import check_file_name, file_digest
+from rnncodec.data.progress import progress_bar
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -94,15 +94,6 @@ class Rows:
         return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in cls.__dataclass_fields__))
 
 
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    """Hex digest of a file, read in 16 MiB blocks."""
-    digest = hashlib.new(algorithm, usedforsecurity=False)
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _record_batch(rows: Rows, names: Sequence[str]) -> pa.RecordBatch:
     n = len(rows)
     pixels = pa.FixedSizeBinaryArray.from_buffers(
@@ -157,34 +148,51 @@ class ShardWriter:
         )
 
 
-def write_json(path: Path, payload: dict) -> None:
-    """Write JSON atomically: a temporary file in the same folder, then a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+MAX_MANIFEST_BYTES = 64 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 50
+
+
+def parse_manifest(raw: bytes, where: str, fix: str) -> dict:
+    """A manifest from its bytes, checked for format and shape before anything trusts it: every shard
+    is a plain file name of its folder with a row count, a size and a sha256."""
+    try:
+        manifest = json.loads(raw)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+            raise ValueError("no splits")
+        if manifest.get("format") == FORMAT_VERSION:
+            check_file_name(manifest.get("name", "prepared"), f"{where}: the name")
+            for split, entry in manifest["splits"].items():
+                if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list) or not _count(entry.get("rows")):
+                    raise ValueError(f"split {shown(split)} has no shard list or row count")
+                for shard in entry["shards"]:
+                    check_file_name(shard.get("file") if isinstance(shard, dict) else None, f"{where}: shard file")
+                    if not (_count(shard.get("rows")) and _count(shard.get("bytes"))
+                            and isinstance(shard.get("sha256"), str) and _SHA256.fullmatch(shard["sha256"])):
+                        raise ValueError(f"shard {shown(shard['file'])} lacks rows, bytes or sha256")
+    except RnncodecError as exc:
+        raise DataError(str(exc)) from None
+    except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+        raise DataError(f"{where} is unreadable or incomplete ({shown(str(exc))}); {fix}") from None
+    if manifest.get("format") != FORMAT_VERSION:
+        raise DataError(f"{where} was written in data format {shown(manifest.get('format'))}, "
+                        f"this version reads {FORMAT_VERSION}; prepare it again")
+    return manifest
 
 
 def read_manifest(folder: Path) -> dict:
-    """The manifest of a prepared folder, checked for format and shape."""
+    """The manifest of a prepared folder (see ``parse_manifest``)."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise DataError(
             f"{folder} holds no {MANIFEST}: it is not a prepared dataset; run `rnncodec data prepare` first"
         )
-    try:
-        manifest = json.loads(path.read_text())
-        splits = manifest["splits"]
-        for entry in splits.values():
-            for shard in entry["shards"]:
-                shard["file"], shard["rows"], shard["bytes"], shard["sha256"]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise DataError(f"{path} is unreadable or incomplete ({exc!r}); delete {folder} and prepare it again") from exc
-    if manifest.get("format") != FORMAT_VERSION:
-        raise DataError(
-            f"{folder} was written in data format {manifest.get('format')}, "
-            f"this version reads {FORMAT_VERSION}; prepare it again"
-        )
-    return manifest
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise DataError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MB, which no manifest is; prepare the data again")
+    return parse_manifest(path.read_bytes(), str(path), f"delete {folder} and prepare it again")
 
 
 def split_entry(manifest: dict, split: str, folder: Path) -> dict:

@@ -1,1 +1,2 @@
-"""Ray Tune sweeps, W&B logging, checkpoints, reports and the ``rnncodec`` command line."""
+"""Ray Tune sweeps of codec trials, Weights & Biases logging, reports, and the ``rnncodec`` command
+line (:mod:`rnncodec.sweeps.cli`). The only package that knows Ray and W&B."""

@@ -1,5 +1,5 @@
-"""What a sweep folder holds: trial status (from Tune's experiment state and each trial's newest
-checkpoint) and the report (results CSV, PNG figures in the style of the study, markdown summary).
+"""What a sweep folder holds: trial status (the driver's ``trials.json`` and each trial's checkpoints)
+and the report (results CSV, PNG figures in the style of the study, markdown summary).
 
 Per-epoch metrics are read from the ``meta.json`` of each trial's newest checkpoint, which carries
 the trial's whole history: it is complete after any resume (Tune's own ``result.json`` is written by
@@ -10,81 +10,61 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
 
-from sweeps.runner import read_sweep_file
-from sweeps.spec import Sweep, SweepError
-from sweeps.trainable import META_FILE, checkpoints, filesystem, is_complete, read_state
+from rnncodec.data.errors import RnncodecError
+from rnncodec.data.files import write_atomic
+from rnncodec.sweeps.spec import Sweep, SweepError
+from rnncodec.sweeps.storage import (
+    TRIALS_FILE,
+    checkpoints,
+    filesystem,
+    is_complete,
+    read_json,
+    read_state,
+    read_sweep_file,
+)
 
 
-def _read_json(fs: pafs.FileSystem, path: str) -> Any:
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.read())
-
-
-def _tune_states(fs: pafs.FileSystem, root: str) -> dict[str, dict[str, Any]]:
-    """Trial folder name → Tune status, failures and error of the newest experiment state."""
-    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    files = sorted(i.path for i in infos if i.base_name.startswith("experiment_state") and i.base_name.endswith(".json"))
-    if not files:
-        return {}
+def _trial_states(fs: pafs.FileSystem, root: str) -> dict[str, dict[str, Any]]:
     try:
-        state = _read_json(fs, files[-1])
-    except Exception:
+        states = read_json(fs, f"{root}/{TRIALS_FILE}")
+    except (OSError, ValueError):
         return {}
-    out = {}
-    for entry in state.get("trial_data", []):
-        try:
-            trial = json.loads(entry[0])
-            runtime = json.loads(entry[1])
-        except (TypeError, ValueError, IndexError):
-            continue
-        name = Path(str(trial.get("relative_logdir") or trial.get("trial_id"))).name
-        out[name] = {"status": trial.get("status", "?"), "failures": runtime.get("num_failures", 0),
-                     "error": runtime.get("error_filename")}
-    return out
+    return {k: v for k, v in states.items() if isinstance(v, dict)} if isinstance(states, dict) else {}
 
 
 def collect(location: str) -> tuple[Sweep, list[dict[str, Any]]]:
-    """The sweep and one record per trial: folder, status, failures, params, repeat, epoch, history."""
+    """The sweep and one record per trial: folder, status, failures, params, repeat, epoch, history,
+    the newest complete checkpoint and ``checkpoints`` (epoch → folder of every complete one)."""
     stored = read_sweep_file(location)
     spec = Sweep.from_dict(stored["spec"])
     fs, root = filesystem(location)
-    states = _tune_states(fs, root)
-    trials = []
+    states = _trial_states(fs, root)
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    for info in sorted(infos, key=lambda i: i.base_name):
-        if info.type != pafs.FileType.Directory or not info.base_name.startswith("trial_"):
-            continue
-        record = {"trial": info.base_name, "status": "PENDING", "failures": 0, "params": {}, "repeat": None,
-                  "epoch": 0, "history": [], "checkpoint": None, **states.get(info.base_name, {})}
-        try:
-            record["config"] = _read_json(fs, f"{info.path}/params.json")
-        except Exception:
-            record["config"] = {}
-        for _, folder in checkpoints(fs, info.path):
-            try:
-                meta = _read_json(fs, f"{folder}/{META_FILE}")
-            except Exception:
-                continue
-            if not is_complete(fs, folder, meta):
+    folders = {i.base_name for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("trial_")}
+    trials = []
+    for name in sorted(folders | set(states)):
+        state = states.get(name, {})
+        config = state.get("config") if isinstance(state.get("config"), dict) else {}
+        record = {"trial": name, "status": state.get("status", "PENDING"), "failures": state.get("failures", 0),
+                  "error": state.get("error"), "config": config, "params": {}, "repeat": None, "epoch": 0,
+                  "history": [], "checkpoint": None, "checkpoints": {}}
+        for epoch, folder, meta in checkpoints(fs, f"{root}/{name}") if name in folders else []:
+            if meta is None or not is_complete(fs, folder, meta) or not isinstance(meta.get("history"), list):
                 continue  # not a saved epoch
-            record.update(params=meta.get("params", {}), repeat=meta.get("repeat"), epoch=meta.get("epoch", 0),
-                          history=meta.get("history", []), checkpoint=folder)
-            break
+            record["checkpoints"].setdefault(epoch, folder)
+            if record["checkpoint"] is None:
+                record.update(params=meta.get("params") or {}, repeat=meta.get("repeat"), epoch=epoch,
+                              history=[h for h in meta["history"] if isinstance(h, dict)], checkpoint=folder)
         if not record["params"]:
-            record["params"] = spec.trial_params(record["config"])
-            record["repeat"] = record["config"].get("repeat")
+            record["params"] = spec.trial_params(config)
+            record["repeat"] = config.get("repeat")
         trials.append(record)
-    for name, st in states.items():  # trials Tune knows but that have no folder yet
-        if not any(t["trial"] == name for t in trials):
-            trials.append({"trial": name, "params": {}, "repeat": None, "epoch": 0, "history": [],
-                           "checkpoint": None, "config": {}, **st})
     return spec, trials
 
 
@@ -180,15 +160,20 @@ def _curves(spec, trials, axis, metric, epochs):
     return out
 
 
-def _figure(path: Path, spec: Sweep, trials, axis: str | None) -> None:
-    import matplotlib
+def _save_figure(path: Path, fig: Any) -> None:
+    """A matplotlib Figure as PNG, written atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
+    write_atomic(path, buf.getvalue())
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _figure(path: Path, spec: Sweep, trials, axis: str | None) -> None:
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     epochs = spec.fixed["epochs"]
-    fig, panels = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    panels = fig.subplots(1, 2)
     for ax, (metric, title) in zip(panels, (("val/ms_ssim", "validation MS-SSIM"), ("val/psnr", "validation PSNR (dB)"))):
         for key, (xs, ms, hs) in sorted(_curves(spec, trials, axis, metric, epochs).items(), key=lambda kv: str(kv[0])):
             if not xs:
@@ -205,35 +190,44 @@ def _figure(path: Path, spec: Sweep, trials, axis: str | None) -> None:
     fig.suptitle(f"{spec.name}: {by} (mean, 95% band across repeats"
                  f"{' and other axes' if axis and len(spec.axes) > 1 else ''})", fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    _save_figure(path, fig)
 
 
-def best_per_configuration(spec: Sweep, trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The trial with the best metric (over repeats) of each configuration that has a checkpoint."""
-    chosen: dict[str, tuple[float, dict[str, Any]]] = {}
+def best_checkpoint(spec: Sweep, trial: dict[str, Any]) -> tuple[float, str] | None:
+    """The sweep metric and folder of the trial's best stored checkpoint (Tune keeps the best ones by
+    that metric, and the newest)."""
+    values = {h.get("epoch"): h.get(spec.metric) for h in trial["history"]}
+    scored = [(values[e], folder) for e, folder in trial["checkpoints"].items()
+              if isinstance(values.get(e), (int, float)) and math.isfinite(values[e])]
+    if not scored:
+        return None
+    return max(scored) if spec.mode == "max" else min(scored)
+
+
+def best_per_configuration(spec: Sweep, trials: list[dict[str, Any]]) -> dict[str, tuple[dict[str, Any], str]]:
+    """Per configuration, the repeat with the best stored checkpoint, and that checkpoint's folder."""
+    chosen: dict[str, tuple[float, dict[str, Any], str]] = {}
     for t in trials:
-        b = best(spec, t["history"]) if t["checkpoint"] else None
+        found = best_checkpoint(spec, t)
         label = _label(spec, t["params"])
         old = chosen.get(label)
-        if b is not None and (old is None or (b > old[0]) == (spec.mode == "max")):
-            chosen[label] = (b, t)
-    return {label: t for label, (_, t) in chosen.items()}
+        if found is not None and (old is None or (found[0] > old[0]) == (spec.mode == "max")):
+            chosen[label] = (found[0], t, found[1])
+    return {label: (t, folder) for label, (_, t, folder) in chosen.items()}
 
 
 def _rd_curves(out: Path, spec: Sweep, trials: list[dict[str, Any]], fs: pafs.FileSystem, images: str | Path,
                anchors: str | Path | None, limit: int | None) -> list[str]:
     """Rate–distortion of each configuration's best checkpoint on ``images`` (e.g. Kodak), through
     the same code as ``rnncodec eval``, drawn over the published curves in ``anchors``."""
-    from codec import evaluation, rd_plots
-    from codec.checkpoint import model_from_state
+    from rnncodec.codec.checkpoint import model_from_state
+    from rnncodec.evaluation import plots as rd_plots
+    from rnncodec.evaluation import rd as evaluation
 
     named = evaluation.load_images(images, limit=limit)
     results = []
-    for label, t in sorted(best_per_configuration(spec, trials).items())[:8]:
-        model = model_from_state(read_state(fs, t["checkpoint"])["model"], t["checkpoint"])
+    for label, (t, folder) in sorted(best_per_configuration(spec, trials).items())[:8]:
+        model = model_from_state(read_state(fs, folder)["model"], folder)
         name = label.replace("\n", " ")
         results.append(evaluation.evaluate_checkpoint(model, named, f"1-{t['params']['iterations']}", name=name,
                                                       description=f"best repeat of {name}", timing="prefix"))
@@ -241,49 +235,45 @@ def _rd_curves(out: Path, spec: Sweep, trials: list[dict[str, Any]], fs: pafs.Fi
 
 
 def _reconstructions(path: Path, spec: Sweep, trials, data_location: str, fs: pafs.FileSystem, count: int = 8) -> bool:
-    """Originals and, per configuration (its best repeat's last checkpoint), reconstructions."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Originals and, per configuration (its best repeat's best checkpoint), reconstructions."""
     import torch
+    from matplotlib.figure import Figure
 
-    import data
-    from codec.checkpoint import model_from_state
-    from codec.training import evaluate
-    from sweeps.trainable import spread
+    from rnncodec.codec.checkpoint import model_from_state
+    from rnncodec.codec.options import BPP_PER_ITERATION
+    from rnncodec.codec.training import evaluate
+    from rnncodec.data.images import image_grid
+    from rnncodec.data.reader import open_split
+    from rnncodec.sweeps.trainable import spread
 
-    try:
-        reader = data.open_split(data_location, "val", verify_sha256=False)
-    except Exception:
-        return False
-    pixels = torch.from_numpy(reader.images(spread(count, len(reader))))
-    reader.close()
     chosen = best_per_configuration(spec, trials)
-    if not chosen:
+    try:
+        with open_split(data_location, "val", verify_sha256=False) as reader:
+            pixels = torch.from_numpy(reader.images(spread(count, len(reader))))
+    except RnncodecError:
         return False
-    rows_ = [("original", pixels.numpy())]
-    for label, t in sorted(chosen.items())[:12]:
+    labels, rows_ = ["original"], [pixels.numpy()]
+    for label, (t, folder) in sorted(chosen.items())[:12]:
         try:
-            state = read_state(fs, t["checkpoint"])
-            model = model_from_state(state["model"], t["checkpoint"])
-        except Exception:
+            model = model_from_state(read_state(fs, folder)["model"], folder)
+        except RnncodecError:
             continue
         recon = evaluate(model, pixels, t["params"]["iterations"], keep=count)["reconstructions"]
-        bpp = 0.125 * t["params"]["iterations"]
-        rows_.append((f"{label}\n{bpp:g} bpp", recon[-1].numpy()))
-    fig, grid = plt.subplots(len(rows_), len(pixels), figsize=(1.3 * len(pixels) + 2, 1.4 * len(rows_)), squeeze=False)
-    for r, (label, images) in enumerate(rows_):
-        for c in range(len(pixels)):
-            grid[r][c].imshow(images[c].transpose(1, 2, 0), interpolation="nearest")
-            grid[r][c].set_xticks([])
-            grid[r][c].set_yticks([])
-        grid[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+        labels.append(f"{label}\n{BPP_PER_ITERATION * t['params']['iterations']:g} bpp")
+        rows_.append(recon[-1].numpy())
+    if len(rows_) == 1:
+        return False
+    scale, pad = 4, 2
+    grid = image_grid(rows_, scale=scale, pad=pad)
+    fig = Figure(figsize=(grid.shape[1] / 100 + 2.5, grid.shape[0] / 100 + 0.3))
+    ax = fig.add_axes((2.4 / (grid.shape[1] / 100 + 2.5), 0, 1 - 2.4 / (grid.shape[1] / 100 + 2.5), 1))
+    ax.imshow(grid, interpolation="nearest")
+    step = pixels.shape[2] * scale + pad
+    ax.set_yticks([pad + step * r + step / 2 for r in range(len(labels))], labels, fontsize=7)
+    ax.set_xticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    _save_figure(path, fig)
     return True
 
 
@@ -354,7 +344,6 @@ def write_report(location: str, out: str | Path | None = None, images: str | Pat
             raise SweepError("the sweep is on remote storage; give --out FOLDER for the report")
         out = Path(location) / "report"
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     table = rows(spec, trials)
     if not table:
         raise SweepError(f"{location} has no completed epoch yet; wait for the first checkpoints or resume the sweep")
@@ -365,8 +354,7 @@ def write_report(location: str, out: str | Path | None = None, images: str | Pat
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(table)
-    (out / ".results.csv.tmp").write_text(buf.getvalue())
-    (out / ".results.csv.tmp").replace(out / "results.csv")
+    write_atomic(out / "results.csv", buf.getvalue())
     figures = []
     first = [a for a in ("batch_size", "train_size") if a in spec.axes]
     axes = ([*first, *(a for a in spec.axes if a not in first)][:3]) or [None]
@@ -380,8 +368,7 @@ def write_report(location: str, out: str | Path | None = None, images: str | Pat
     if images is not None:
         figures += _rd_curves(out, spec, trials, fs, images, anchors, limit)
     text = summary_markdown(spec, trials, figures)
-    (out / ".summary.md.tmp").write_text(text)
-    (out / ".summary.md.tmp").replace(out / "summary.md")
+    write_atomic(out / "summary.md", text)
     return {"out": str(out), "rows": len(table), "figures": figures}
 
 

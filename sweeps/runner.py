@@ -4,77 +4,54 @@ A sweep lives in one folder, ``STORAGE/NAME`` (a local folder or a pyarrow URI s
 ``s3://bucket/sweeps/NAME``): Tune's experiment state and trial folders, each trial's checkpoints,
 ``sweep.json`` (the validated sweep file, the prepared data's location, the W&B settings and the
 sweep's id) and, for local storage, the offline W&B runs under ``wandb/``. ``resume`` needs only
-that folder.
+that folder. Everything that can be checked is checked before Ray starts or data is prepared: the
+sweep file, the storage (written to once), the resources and the W&B version.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
 
-from sweeps.spec import SweepError, Sweep, check_resources, load_spec
-from sweeps.trainable import filesystem, tune_trainable
-from sweeps.wandb_logging import resolve_mode
+from rnncodec.data.remote import is_uri
+from rnncodec.sweeps.spec import Sweep, SweepError, check_resources, load_spec, trial_key
+from rnncodec.sweeps.storage import (
+    SWEEP_FILE,
+    check_writable,
+    experiment_location,
+    filesystem,
+    read_sweep_file,
+    write_sweep_file,
+)
+from rnncodec.sweeps.wandb_logging import TrialLogger, check_version, resolve_mode
 
-SWEEP_FILE = "sweep.json"
 OBJECT_STORE_BYTES = 200 * 1024 * 1024
 # Tune saves its experiment state at most this often (seconds); trials also find newer checkpoints
 # themselves, so a driver killed between two saves loses nothing.
 EXPERIMENT_STATE_PERIOD_S = "2"
 
 
-def experiment_location(storage: str, name: str) -> str:
-    if "://" in storage:
-        return f"{storage.rstrip('/')}/{name}"
-    return str(Path(storage).expanduser().resolve() / name)
-
-
-def read_sweep_file(location: str) -> dict[str, Any]:
-    """``sweep.json`` of a sweep folder; SweepError when the folder is no sweep."""
-    fs, path = filesystem(location)
-    try:
-        with fs.open_input_stream(f"{path}/{SWEEP_FILE}") as f:
-            return json.loads(f.read())
-    except (FileNotFoundError, OSError):
-        raise SweepError(f"{location} is not a sweep folder (no {SWEEP_FILE}); give the STORAGE/NAME folder "
-                         "that `rnncodec sweep run` printed") from None
-    except json.JSONDecodeError as exc:
-        raise SweepError(f"{location}/{SWEEP_FILE} is damaged ({exc}); the sweep cannot be resumed") from None
-
-
-def _write_sweep_file(location: str, content: dict[str, Any]) -> None:
-    fs, path = filesystem(location)
-    fs.create_dir(path, recursive=True)
-    body = json.dumps(content, indent=2, sort_keys=True).encode()
-    if isinstance(fs, pafs.LocalFileSystem):
-        tmp = Path(path) / f".{SWEEP_FILE}.tmp"
-        tmp.write_bytes(body)
-        os.replace(tmp, Path(path) / SWEEP_FILE)
-    else:  # object stores write whole objects atomically
-        with fs.open_output_stream(f"{path}/{SWEEP_FILE}") as f:
-            f.write(body)
-
-
 def prepare_data(spec: Sweep) -> str:
     """Prepare (or reuse and verify) the sweep's data once, before any trial; return its location."""
-    import data
+    from rnncodec.data.preparation import prepare
+    from rnncodec.data.reader import open_split
 
     d = spec.data
     if d["location"]:
         for split in ("train", "val"):
-            data.open_split(d["location"], split, verify_sha256=True, cache_dir=d["cache_dir"]).close()
+            open_split(d["location"], split, verify_sha256=True, cache_dir=d["cache_dir"]).close()
         return d["location"]
-    folder = data.prepare(d["source"], root=d["root"], rotations=d["rotations"], size=d["size"], seed=d["seed"],
-                          cache_dir=d["cache_dir"], hard_patches=d["hard_patches"], val_fraction=d["val_fraction"])
+    folder = prepare(d["source"], root=d["root"], rotations=d["rotations"], size=d["size"], seed=d["seed"],
+                     cache_dir=d["cache_dir"], hard_patches=d["hard_patches"], val_fraction=d["val_fraction"])
     return str(folder)
 
 
@@ -83,7 +60,7 @@ def _local_gpus() -> int:
         import torch
 
         return torch.cuda.device_count()
-    except Exception:
+    except Exception:  # noqa: BLE001 - a broken CUDA install means: no GPU
         return 0
 
 
@@ -151,13 +128,16 @@ def build_tuner(spec: Sweep, location: str, context: dict[str, Any], gpus_availa
     """The ``ray.tune.Tuner`` of a sweep (or, with ``restore``, the restored one)."""
     from ray import tune
 
+    from rnncodec.sweeps.trainable import tune_trainable
+    from rnncodec.sweeps.trial_status import StatusWriter
+
     trainable = tune.with_parameters(tune_trainable, sweep=spec.to_dict(), context=context)
     gpus = spec.resources["gpus"] if gpus_available > 0 else 0  # the same file runs on CPU-only machines
     trainable = tune.with_resources(trainable, {"cpu": spec.resources["cpus"], "gpu": gpus})
     if restore:
-        fs, path = filesystem(location)
+        _, path = filesystem(location)
         try:
-            return tune.Tuner.restore(location if "://" in location else path, trainable=trainable,
+            return tune.Tuner.restore(location if is_uri(location) else path, trainable=trainable,
                                       resume_unfinished=True, resume_errored=True)
         except (ValueError, RuntimeError, OSError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
@@ -175,18 +155,19 @@ def build_tuner(spec: Sweep, location: str, context: dict[str, Any], gpus_availa
         from ray.tune.search.optuna import OptunaSearch
 
         search_alg = OptunaSearch(seed=spec.search["seed"])
-    storage = location.rsplit("/", 1)[0]
     tune_config = tune.TuneConfig(
         metric=spec.metric, mode=spec.mode, scheduler=scheduler, search_alg=search_alg,
         num_samples=spec.search["samples"] if spec.search["type"] == "optuna" else 1,
         max_concurrent_trials=spec.concurrency, trial_dirname_creator=_trial_dirname,
         reuse_actors=True,  # a finished trial's worker (torch imported, data mapped) runs the next one
     )
+    # Tune keeps the best checkpoints by the sweep's metric, and always the newest (to resume from).
+    checkpoint_config = tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints, checkpoint_score_attribute=spec.metric,
+                                              checkpoint_score_order=spec.mode)
     run_config = tune.RunConfig(
-        name=spec.name, storage_path=storage,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints),
+        name=spec.name, storage_path=location.rsplit("/", 1)[0], checkpoint_config=checkpoint_config,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        verbose=1, progress_reporter=_reporter(spec),
+        verbose=1, progress_reporter=_reporter(spec), callbacks=[StatusWriter(location)],
     )
     return tune.Tuner(trainable, param_space=_param_space(spec), tune_config=tune_config, run_config=run_config)
 
@@ -195,15 +176,20 @@ def _settings(spec: Sweep, location: str) -> dict[str, Any] | None:
     mode = resolve_mode(spec.wandb["mode"])
     if mode == "disabled":
         return None
+    check_version()
     return {"mode": mode, "project": spec.wandb["project"], "entity": spec.wandb["entity"],
             "group": spec.wandb["group"] or spec.name, "images_every": spec.wandb["images_every"],
             "images": spec.wandb["images"],
-            "dir": None if "://" in location else str(Path(location) / "wandb")}
+            "dir": None if is_uri(location) else str(Path(location) / "wandb")}
 
 
 def run(spec_path: str | Path | Sweep, *, name: str | None = None, storage: str | None = None,
-        address: str | None = None, num_cpus: int | None = None, say=print) -> dict[str, Any]:
-    """Validate, prepare data, start/join Ray and run a new sweep; return its summary."""
+        address: str | None = None, num_cpus: int | None = None, say: Callable[[str], None] = print,
+        fail_after_epoch: int | None = None) -> dict[str, Any]:
+    """Validate, prepare data, start/join Ray and run a new sweep; return its summary.
+
+    ``fail_after_epoch`` makes every trial crash once after that epoch, for tests of recovery.
+    """
     spec = spec_path if isinstance(spec_path, Sweep) else load_spec(spec_path)
     if name is not None or storage is not None:
         raw = spec.to_dict()
@@ -211,23 +197,26 @@ def run(spec_path: str | Path | Sweep, *, name: str | None = None, storage: str 
         raw["storage"] = storage or raw["storage"]
         spec = Sweep.from_dict(raw)
     location = experiment_location(spec.storage, spec.name)
+    say(f"checking storage {location} …")
+    check_writable(location)
     fs, path = filesystem(location)
     if fs.get_file_info(f"{path}/{SWEEP_FILE}").type != pafs.FileType.NotFound:
         raise SweepError(f"{location} already holds a sweep; continue it with `rnncodec sweep resume {location}` "
                          "or choose another --name")
     if address is None:
         check_resources(spec, float(num_cpus or os.cpu_count() or 1), float(_local_gpus()))
+    wandb = _settings(spec, location)
     say(f"preparing data ({spec.data['source'] or spec.data['location']}) …")
-    data_location = prepare_data(spec)
-    context = {"data": data_location, "experiment": location, "uid": secrets.token_hex(4),
-               "wandb": _settings(spec, location)}
-    _write_sweep_file(location, {"spec": spec.to_dict(), "context": context, "created": time.time(), "version": 1})
+    context = {"data": prepare_data(spec), "experiment": location, "uid": secrets.token_hex(4), "wandb": wandb,
+               "fail_after_epoch": fail_after_epoch}
+    write_sweep_file(location, {"spec": spec.to_dict(), "context": context, "created": time.time(), "version": 1})
     return _fit(spec, location, context, address, num_cpus, restore=False, say=say)
 
 
-def resume(location: str, *, address: str | None = None, num_cpus: int | None = None, say=print) -> dict[str, Any]:
+def resume(location: str, *, address: str | None = None, num_cpus: int | None = None,
+           say: Callable[[str], None] = print) -> dict[str, Any]:
     """Continue the unfinished and errored trials of the sweep in ``location`` from their checkpoints."""
-    if "://" not in location:
+    if not is_uri(location):
         location = str(Path(location).expanduser().resolve())
     stored = read_sweep_file(location)
     spec = Sweep.from_dict(stored["spec"])
@@ -238,7 +227,9 @@ def resume(location: str, *, address: str | None = None, num_cpus: int | None = 
 
 
 def _fit(spec: Sweep, location: str, context: dict[str, Any], address: str | None, num_cpus: int | None,
-         *, restore: bool, say) -> dict[str, Any]:
+         *, restore: bool, say: Callable[[str], None]) -> dict[str, Any]:
+    from rnncodec.sweeps.results import collect
+
     quiet()
     cpus, gpus = start_ray(address, num_cpus)
     check_resources(spec, cpus, gpus)
@@ -249,14 +240,12 @@ def _fit(spec: Sweep, location: str, context: dict[str, Any], address: str | Non
         w = context["wandb"]
         where = f" (sync later: wandb sync {w['dir']}/wandb/offline-run-*)" if w["mode"] == "offline" and w["dir"] else ""
         say(f"W&B {w['mode']}: project {w['project']}, group {w['group']}{where}")
-    if address and "://" not in context["data"]:
+    if address and not is_uri(context["data"]):
         say(f"note: trials on other nodes read the data at {context['data']}; put data.cache_dir on shared "
             "storage or give data.location as a URI")
     tuner = build_tuner(spec, location, context, gpus, restore=restore)
     start = time.perf_counter()
     tuner.fit()
-    from sweeps.results import collect
-
     _, trials = collect(location)
     done = sum(t["status"] == "TERMINATED" for t in trials)
     errors = sum(t["status"] == "ERROR" for t in trials)
@@ -266,7 +255,7 @@ def _fit(spec: Sweep, location: str, context: dict[str, Any], address: str | Non
     say(f"sweep {spec.name}: {done}/{len(trials)} trials finished in {summary['seconds']:.0f} s; "
         f"`rnncodec sweep report {location}` writes the figures")
     if unfinished:
-        finish_interrupted_runs(spec, context, unfinished)
+        finish_interrupted_runs(context, unfinished)
         say(f"interrupted: {len(unfinished)} trials unfinished; `rnncodec sweep resume {location}` continues them "
             "from their checkpoints")
     if errors:
@@ -274,12 +263,9 @@ def _fit(spec: Sweep, location: str, context: dict[str, Any], address: str | Non
     return summary
 
 
-def finish_interrupted_runs(spec: Sweep, context: dict[str, Any], trials: list[dict[str, Any]]) -> None:
+def finish_interrupted_runs(context: dict[str, Any], trials: list[dict[str, Any]]) -> None:
     """Mark the W&B runs of trials stopped mid-way as finished (exit code 1): their workers were ended
     before they could. ``resume`` reopens the same run ids."""
-    from sweeps.spec import trial_key
-    from sweeps.wandb_logging import TrialLogger
-
     settings = context.get("wandb")
     if not settings:
         return

@@ -25,18 +25,18 @@ from typing import Any
 
 import yaml
 
+from rnncodec.codec.options import ACTIVATIONS, CELLS, LOSSES, LR_SCHEDULES, MAX_ITERATIONS, MODES, OPTIMIZERS
+from rnncodec.data.errors import DataError, RnncodecError, shown
+from rnncodec.data.sources import SOURCES, check_source
 
-class SweepError(Exception):
+
+class SweepError(RnncodecError):
     """A problem with a sweep file or a sweep folder, phrased as problem and fix on one line."""
 
 
-CELLS = ("lstm", "gru")
-RECONSTRUCTIONS = ("one-shot", "additive", "residual-scaling")
-ACTIVATIONS = ("none", "leaky-relu")
-LOSSES = ("l1", "mse", "ms-ssim")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-LR_SCHEDULES = ("none", "cosine", "step")
-MAX_ITERATIONS = 16
+MAX_TRIALS = 10_000  # a sweep file that expands to more is refused before Ray starts
+MAX_FILE_BYTES = 1 << 20
+MAX_VALUES = 100_000  # values a sweep file may hold once its YAML aliases are expanded
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -48,7 +48,7 @@ def _int(lo: int | None = None, hi: int | None = None, none: bool = False) -> Ca
         if v is None and none:
             return None
         if isinstance(v, bool) or not isinstance(v, int):
-            raise SweepError(f"{key}: {v!r} is not an integer; give a whole number"
+            raise SweepError(f"{key}: {shown(v)} is not an integer; give a whole number"
                              + (" or null" if none else ""))
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             span = f"{lo}..{hi}" if hi is not None else f">= {lo}"
@@ -68,7 +68,7 @@ def _float(lo: float | None = None, hi: float | None = None, *, open_lo: bool = 
             except ValueError:
                 pass
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise SweepError(f"{key}: {v!r} is not a number; give a finite number" + (" or null" if none else ""))
+            raise SweepError(f"{key}: {shown(v)} is not a number; give a finite number" + (" or null" if none else ""))
         v = float(v)
         bad_lo = lo is not None and (v <= lo if open_lo else v < lo)
         if bad_lo or (hi is not None and v > hi):
@@ -82,14 +82,14 @@ def _float(lo: float | None = None, hi: float | None = None, *, open_lo: bool = 
 def _choice(options: tuple[str, ...]) -> Callable[[str, Any], Any]:
     def check(key: str, v: Any) -> Any:
         if v not in options:
-            raise SweepError(f"{key}: {v!r} is not allowed; choose one of {', '.join(options)}")
+            raise SweepError(f"{key}: {shown(v)} is not allowed; choose one of {', '.join(options)}")
         return v
     return check
 
 
 def _bool(key: str, v: Any) -> Any:
     if not isinstance(v, bool):
-        raise SweepError(f"{key}: {v!r} is not true or false; write true or false")
+        raise SweepError(f"{key}: {shown(v)} is not true or false; write true or false")
     return v
 
 
@@ -97,8 +97,8 @@ def _str(none: bool = False) -> Callable[[str, Any], Any]:
     def check(key: str, v: Any) -> Any:
         if v is None and none:
             return None
-        if not isinstance(v, str) or not v:
-            raise SweepError(f"{key}: {v!r} is not a text value; give a non-empty string" + (" or null" if none else ""))
+        if not isinstance(v, str) or not v or len(v) > 4096:
+            raise SweepError(f"{key}: {shown(v)} is not a text value; give a non-empty string" + (" or null" if none else ""))
         return v
     return check
 
@@ -114,7 +114,7 @@ TRAIN: dict[str, tuple[Any, Callable[[str, Any], Any], str]] = {
     "loss": ("l1", _choice(LOSSES), "training loss"),
     "iterations": (1, _int(1, MAX_ITERATIONS), "codec iterations, 0.125 bpp each"),
     "cell": ("lstm", _choice(CELLS), "recurrent cell"),
-    "reconstruction": ("additive", _choice(RECONSTRUCTIONS), "reconstruction mode"),
+    "reconstruction": ("additive", _choice(MODES), "reconstruction mode"),
     "width": (0.25, _float(0, 8, open_lo=True), "channel multiplier; 1 is the paper's model"),
     "activation": ("none", _choice(ACTIVATIONS), "non-linearity after E-Conv and D-Conv 1"),
     "batch_size": (32, _int(1, 1 << 20), "images per step"),
@@ -122,12 +122,12 @@ TRAIN: dict[str, tuple[Any, Callable[[str, Any], Any], str]] = {
     "val_size": (256, _int(1, 1 << 20), "validation images evaluated every epoch"),
     "amp": (False, _bool, "bfloat16 mixed precision (GPU trials only)"),
     "grad_clip": (None, _float(0, open_lo=True, none=True), "gradient norm clip; null = none"),
-    # Test hook: raise once right after this epoch's checkpoint, in an attempt that started from scratch.
-    "test_fail_after_epoch": (None, _int(1, none=True), "tests only: fail once after this epoch"),
+    "deterministic": (False, _bool, "deterministic kernels: GPU trials reproduce bit for bit (slower); "
+                      "CPU trials always do"),
 }
 
 DATA: dict[str, tuple[Any, Callable[[str, Any], Any], str]] = {
-    "source": (None, _str(none=True), "sample, cifar10, cifar100, cifar or folder:PATH"),
+    "source": (None, _str(none=True), SOURCES),
     "location": (None, _str(none=True), "an already prepared folder or URI (instead of source)"),
     "root": (None, _str(none=True), "folder holding the CIFAR archives (else downloaded)"),
     "rotations": (1, _int(1, 4), "quarter-turn orientations per training image"),
@@ -169,7 +169,7 @@ def _section(name: str, value: Any, schema: dict, where: str = "") -> dict[str, 
     out = {}
     for k, v in value.items():
         if k not in schema:
-            raise SweepError(f"{key}: unknown key {k!r}; allowed keys are {', '.join(schema)}")
+            raise SweepError(f"{key}: unknown key {shown(k)}; allowed keys are {', '.join(schema)}")
         out[k] = schema[k][1](f"{key}.{k}", v)
     for k, (default, _, _) in schema.items():
         out.setdefault(k, default)
@@ -202,9 +202,8 @@ class Axis:
 
 def _axis(name: str, value: Any) -> Axis:
     key = f"axes.{name}"
-    if name not in TRAIN or name == "test_fail_after_epoch":
-        raise SweepError(f"{key}: {name!r} is not a training parameter; axes may vary "
-                         f"{', '.join(k for k in TRAIN if k != 'test_fail_after_epoch')}")
+    if name not in TRAIN:
+        raise SweepError(f"{key}: {shown(name)} is not a training parameter; axes may vary {', '.join(TRAIN)}")
     if isinstance(value, list):  # shorthand: `batch_size: [32, 64]` is a grid
         value = {"grid": value}
     if not isinstance(value, dict) or len(value) != 1:
@@ -212,20 +211,20 @@ def _axis(name: str, value: Any) -> Axis:
     (kind, values), = value.items()
     kind = {"log-uniform": "loguniform", "log_uniform": "loguniform"}.get(kind, kind)
     if kind not in KINDS:
-        raise SweepError(f"{key}: unknown axis kind {kind!r}; choose one of {', '.join(KINDS)}")
+        raise SweepError(f"{key}: unknown axis kind {shown(kind)}; choose one of {', '.join(KINDS)}")
     check = TRAIN[name][1]
     if not isinstance(values, list) or not values:
         raise SweepError(f"{key}.{kind}: expected a non-empty list, e.g. `{kind}: [a, b]`")
     if kind in ("grid", "choice"):
         values = [check(f"{key}.{kind}", v) for v in values]
         if len({json.dumps(v) for v in values}) != len(values):
-            raise SweepError(f"{key}.{kind}: repeated values {values}; list each value once (use repeats for seeds)")
+            raise SweepError(f"{key}.{kind}: repeated values {shown(values)}; list each value once (use repeats for seeds)")
         return Axis(name, kind, tuple(values))
     if name not in REAL_VALUED:
         raise SweepError(f"{key}: {kind} needs a real-valued parameter (lr, weight_decay, width, grad_clip); "
                          f"use grid or choice for {name}")
     if len(values) != 2:
-        raise SweepError(f"{key}.{kind}: expected [low, high], got {values}")
+        raise SweepError(f"{key}.{kind}: expected [low, high], got {shown(values)}")
     lo, hi = (check(f"{key}.{kind}", v) for v in values)
     if not lo < hi:
         raise SweepError(f"{key}.{kind}: low {lo:g} must be below high {hi:g}")
@@ -294,9 +293,16 @@ class Sweep:
         return [{**c, **{a.name: a.sample(rng) for a in rest}} for c in combos for _ in range(self.search["samples"])]
 
     def trial_count(self) -> int:
+        """How many trials the sweep runs, counted without listing them."""
         if self.search["type"] == "optuna":
             return self.search["samples"]
-        return len(self.points()) * self.repeats
+        combos = math.prod(len(a.values) for a in self.axes.values() if a.kind == "grid")
+        samples = self.search["samples"] if self.search["type"] == "random" else 1
+        return combos * samples * self.repeats
+
+    def iteration_counts(self) -> tuple[int, ...]:
+        """The iteration counts the trials run."""
+        return self.axes["iterations"].values if "iterations" in self.axes else (self.fixed["iterations"],)
 
     def trial_params(self, config: dict[str, Any]) -> dict[str, Any]:
         """The full training parameters of a trial whose Tune config is ``config``."""
@@ -311,15 +317,13 @@ class Sweep:
 
 def trial_seed(params: dict[str, Any], repeat: int) -> int:
     """The seed of a trial: a hash of its training parameters and repeat index (not of Ray's ids)."""
-    key = {k: v for k, v in sorted(params.items()) if k != "test_fail_after_epoch"}
-    digest = hashlib.sha256(json.dumps([key, int(repeat)], sort_keys=True).encode()).digest()
+    digest = hashlib.sha256(json.dumps([params, int(repeat)], sort_keys=True).encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def trial_key(params: dict[str, Any], repeat: int) -> str:
     """A short stable name of a trial (configuration + repeat), e.g. for W&B run ids."""
-    key = {k: v for k, v in sorted(params.items()) if k != "test_fail_after_epoch"}
-    return hashlib.sha256(json.dumps([key, int(repeat)], sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps([params, int(repeat)], sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _search(value: Any) -> dict[str, Any]:
@@ -369,18 +373,19 @@ def parse_spec(raw: Any, origin: str = "sweep file") -> Sweep:
         raise SweepError(f"{origin} must be a YAML mapping of keys ({', '.join(TOP)}), got {type(raw).__name__}")
     for k in raw:
         if k not in TOP:
-            raise SweepError(f"{origin}: unknown key {k!r}; allowed keys are {', '.join(TOP)}")
+            raise SweepError(f"{origin}: unknown key {shown(k)}; allowed keys are {', '.join(TOP)}")
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise SweepError(f"name: {name!r} is not a sweep name; use letters, digits, '.', '_' or '-' (at most 100)")
+        raise SweepError(f"name: {shown(name)} is not a sweep name; use letters, digits, '.', '_' or '-' (at most 100)")
     data = _section("data", raw.get("data"), DATA)
     if (data["source"] is None) == (data["location"] is None):
-        raise SweepError("data: give either source (sample, cifar10, cifar100, cifar, folder:PATH) to prepare, "
+        raise SweepError(f"data: give either source ({SOURCES}) to prepare, "
                          "or location of a prepared folder, not both or neither")
     if data["source"] is not None:
-        s = data["source"]
-        if s not in ("sample", "cifar10", "cifar100", "cifar") and not (s.startswith("folder:") and len(s) > 7):
-            raise SweepError(f"data.source: {s!r} is unknown; choose sample, cifar10, cifar100, cifar or folder:PATH")
+        try:
+            check_source(data["source"])
+        except DataError as exc:
+            raise SweepError(f"data.source: {exc}") from None
     fixed = _section("fixed", raw.get("fixed"), TRAIN)
     raw_axes = raw.get("axes") or {}
     if not isinstance(raw_axes, dict):
@@ -394,11 +399,12 @@ def parse_spec(raw: Any, origin: str = "sweep file") -> Sweep:
     repeats = _int(1, 1000)("repeats", raw.get("repeats", 1))
     metric = raw.get("metric", "val/ms_ssim")
     if not isinstance(metric, str) or not METRIC_RE.match(metric):
-        raise SweepError(f"metric: {metric!r} is not a reported metric; choose one of {METRICS_HELP}")
-    iters = max([fixed["iterations"], *axes["iterations"].values] if "iterations" in axes else [fixed["iterations"]])
-    m = METRIC_RE.match(metric)
-    if m.group(4) and int(m.group(4)) > iters:
-        raise SweepError(f"metric: {metric} needs iteration {m.group(4)} but trials run at most {iters}; lower it")
+        raise SweepError(f"metric: {shown(metric)} is not a reported metric; choose one of {METRICS_HELP}")
+    fewest = min(axes["iterations"].values) if "iterations" in axes else fixed["iterations"]
+    needed = METRIC_RE.match(metric).group(4)
+    if needed and int(needed) > fewest:
+        raise SweepError(f"metric: {metric} needs iteration {needed} but trials with iterations={fewest} report only "
+                         f"_i1.._i{fewest}; rank by an iteration every trial runs, or drop the smaller counts")
     mode = _choice(("max", "min"))("mode", raw.get("mode", "min" if "loss" in metric or "residual" in metric else "max"))
     search = _search(raw.get("search"))
     if search["type"] == "grid":
@@ -419,10 +425,53 @@ def parse_spec(raw: Any, origin: str = "sweep file") -> Sweep:
     description = raw.get("description") or ""
     if not isinstance(description, str):
         raise SweepError("description: expected text")
-    return Sweep(name=name, data=data, fixed=fixed, axes=axes, repeats=repeats, metric=metric, mode=mode,
-                 search=search, scheduler=scheduler, resources=resources, concurrency=concurrency,
-                 storage=storage, wandb=wandb, max_failures=max_failures, keep_checkpoints=keep,
-                 description=description)
+    sweep = Sweep(name=name, data=data, fixed=fixed, axes=axes, repeats=repeats, metric=metric, mode=mode,
+                  search=search, scheduler=scheduler, resources=resources, concurrency=concurrency,
+                  storage=storage, wandb=wandb, max_failures=max_failures, keep_checkpoints=keep,
+                  description=description)
+    if sweep.trial_count() > MAX_TRIALS:
+        raise SweepError(f"the sweep expands to {sweep.trial_count():,} trials, more than the {MAX_TRIALS:,} "
+                         "one sweep may run; shorten the axes or split the sweep")
+    return sweep
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key given twice in one mapping (which it would merge
+    silently, keeping the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # unhashable: the base class names it
+            if duplicate:
+                raise SweepError(f"line {key_node.start_mark.line + 1}: the key {shown(key)} is given twice in one "
+                                 "mapping; keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_size(value: Any, sizes: dict[int, int], active: set[int]) -> int:
+    """How many values ``value`` holds once shared references (YAML aliases) are expanded, computed in
+    time proportional to the distinct values; SweepError for a self-referencing value."""
+    if not isinstance(value, (dict, list)):
+        return 1
+    if id(value) in active:
+        raise SweepError("a YAML alias refers to a value that contains it; write the value out")
+    if id(value) not in sizes:
+        active.add(id(value))
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        sizes[id(value)] = 1 + sum(_expanded_size(v, sizes, active) for _, v in items)
+        active.discard(id(value))
+    return sizes[id(value)]
 
 
 def load_spec(path: str | Path) -> Sweep:
@@ -430,8 +479,17 @@ def load_spec(path: str | Path) -> Sweep:
     path = Path(path)
     if not path.is_file():
         raise SweepError(f"no such sweep file: {path}; give the path of a YAML sweep file (see sweeps/demo.yaml)")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise SweepError(f"{path} is larger than {MAX_FILE_BYTES >> 20} MB, which no sweep file is; "
+                         "give a YAML sweep file (see sweeps/demo.yaml)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader
+        if _expanded_size(raw, {}, set()) > MAX_VALUES:
+            raise SweepError(f"the file expands to more than {MAX_VALUES:,} values through YAML aliases; "
+                             "write the values out")
+        return parse_spec(raw, str(path))
+    except SweepError as exc:
+        raise SweepError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -439,10 +497,8 @@ def load_spec(path: str | Path) -> Sweep:
         raise SweepError(f"{path} is not valid YAML ({problem}{where}); fix the syntax there") from None
     except UnicodeDecodeError:
         raise SweepError(f"{path} is not a text file; give a YAML sweep file") from None
-    try:
-        return parse_spec(raw, str(path))
-    except SweepError as exc:
-        raise SweepError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise SweepError(f"{path} nests its values too deeply; flatten it") from None
 
 
 def check_resources(sweep: Sweep, cpus: float, gpus: float) -> None:

@@ -2,28 +2,29 @@
 
 ``run_trial`` is the whole trial and knows nothing of Ray: it is handed a ``report(metrics, folder)``
 function and the folders where its earlier checkpoints may lie. ``tune_trainable`` is the Ray Tune
-function trainable around it (``ray.tune.report`` / ``ray.tune.get_checkpoint``).
+function trainable around it (``ray.tune.report`` / ``ray.tune.get_checkpoint``). The training itself
+is :class:`rnncodec.codec.training.Trainer`, the same loop as ``rnncodec train``.
 
 Checkpoints hold everything needed to continue exactly: model, optimizer, learning-rate schedule,
 torch RNG states (the binarizer is stochastic), completed epochs, the loader's position, samples seen
 and wall time. Resuming looks at every checkpoint of the trial, newest epoch first: a checkpoint that
 cannot be read is reported on stderr and the next older one is tried; when none is readable the trial
-restarts from epoch 0 (and says so). Newer checkpoints than Tune's own record (its experiment state is
-saved every few seconds, so a killed driver may lag behind) are found the same way.
+restarts from epoch 0 (and says so).
+
+W&B gets each epoch only after its checkpoint is stored, at step = the trial's report count (which
+only grows, across attempts): when a resume falls back past an unreadable checkpoint, the epochs run
+again are logged after the ones W&B already holds instead of being rejected, and every point carries
+its ``epoch``, the x-axis of the trial's charts.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import math
 import os
-import pickle
 import shutil
 import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,108 +33,59 @@ import numpy as np
 import pyarrow.fs as pafs
 import torch
 
-import data
-from codec.checkpoint import model_from_state, model_state
-from codec.errors import CodecError
-from codec.model import CodecConfig, RNNCodec
-from codec.training import evaluate, train_step
-from data.loader import BatchLoader
-from sweeps.spec import SweepError, trial_key, trial_seed
-from sweeps.wandb_logging import TrialLogger, image_grid
-
-STATE_FILE = "state.pt"
-META_FILE = "meta.json"
-FORMAT = "rnncodec-trial"
-VERSION = 1
+from rnncodec.codec.checkpoint import model_from_state, model_state
+from rnncodec.codec.errors import CodecError
+from rnncodec.codec.model import CodecConfig, RNNCodec
+from rnncodec.codec.options import BPP_PER_ITERATION
+from rnncodec.codec.training import TrainConfig, Trainer
+from rnncodec.data.errors import DataError
+from rnncodec.data.images import image_grid
+from rnncodec.data.loader import BatchLoader
+from rnncodec.data.reader import ShardReader, open_split
+from rnncodec.sweeps.spec import SweepError, trial_key, trial_seed
+from rnncodec.sweeps.storage import (
+    META_FILE,
+    STATE_FILE,
+    TRIAL_FORMAT,
+    TRIAL_VERSION,
+    checkpoint_index,
+    checkpoints,
+    filesystem,
+    read_state,
+)
+from rnncodec.sweeps.wandb_logging import TrialLogger
 
 
 class InjectedFailure(RuntimeError):
-    """Raised once by the ``test_fail_after_epoch`` test hook."""
+    """Raised once by ``fail_after_epoch``, the crash that tests of recovery inject."""
 
 
-# --------------------------------------------------------------------------- storage helpers
-
-
-def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and path for a local folder or a URI (``s3://…``, ``gs://…``, ``file://…``)."""
-    if "://" in location:
-        try:
-            return pafs.FileSystem.from_uri(location)
-        except Exception as exc:
-            raise SweepError(f"storage {location!r} cannot be opened ({exc}); give a local folder or a pyarrow URI") from None
-    return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
-
-
-def _read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
-    with fs.open_input_stream(path) as f:
-        return f.readall()
-
-
-def checkpoints(fs: pafs.FileSystem, trial_dir: str) -> list[tuple[int, str]]:
-    """``(epoch, folder)`` of the trial's checkpoint folders, newest epoch first (from their meta.json)."""
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
-    except Exception:
-        return []
-    found = []
-    for info in infos:
-        if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
-            continue
-        try:
-            epoch = int(json.loads(_read_bytes(fs, f"{info.path}/{META_FILE}"))["epoch"])
-        except Exception:
-            epoch = -1  # unknown: tried last
-        found.append((epoch, info.path))
-    return sorted(found, key=lambda t: (t[0], t[1]), reverse=True)
-
-
-def is_complete(fs: pafs.FileSystem, folder: str, meta: dict[str, Any]) -> bool:
-    """Whether the state file has the size meta.json recorded: a copy into storage cut short by a
-    killed driver leaves meta.json whole but the state file short."""
-    return "state_bytes" not in meta or fs.get_file_info(f"{folder}/{STATE_FILE}").size == meta["state_bytes"]
-
-
-def read_state(fs: pafs.FileSystem, folder: str, key: str | None = None) -> dict[str, Any]:
-    """The trial state in checkpoint ``folder``; SweepError saying why when it cannot be used."""
-    try:
-        raw = _read_bytes(fs, f"{folder}/{STATE_FILE}")
-        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except (OSError, pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise SweepError(f"checkpoint {folder} is unreadable ({first})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("version") != VERSION:
-        raise SweepError(f"checkpoint {folder} is not an rnncodec trial checkpoint of version {VERSION}")
-    if key is not None and state.get("trial_key") != key:
-        raise SweepError(f"checkpoint {folder} belongs to another trial ({state.get('trial_key')}, not {key})")
-    return state
-
-
-def latest_state(places: list[tuple[pafs.FileSystem, str]], key: str,
-                 warn: Callable[[str], None]) -> tuple[dict[str, Any] | None, str | None]:
-    """The newest readable state among the checkpoint folders of ``places`` (trial folders)."""
-    seen, candidates = set(), []
+def latest_state(places: list[tuple[pafs.FileSystem, str]], key: str, warn: Callable[[str], None]
+                 ) -> tuple[dict[str, Any] | None, str | None, int]:
+    """The newest readable state among the checkpoint folders of ``places`` (trial folders), its folder,
+    and the highest report number any checkpoint shows (readable or not)."""
+    seen, candidates, reports = set(), [], 0
     for fs, trial_dir in places:
-        for epoch, folder in checkpoints(fs, trial_dir):
+        for epoch, folder, meta in checkpoints(fs, trial_dir):
             if folder not in seen:
                 seen.add(folder)
                 candidates.append((epoch, folder, fs))
-    candidates.sort(key=lambda t: (t[0], t[1]), reverse=True)
+                reports = max(reports, checkpoint_index(folder) + 1, int((meta or {}).get("report", epoch)))
+    candidates.sort(key=lambda t: (t[0], checkpoint_index(t[1])), reverse=True)
     for i, (_, folder, fs) in enumerate(candidates):
         try:
-            return read_state(fs, folder, key), folder
+            return read_state(fs, folder, key), folder, reports
         except SweepError as exc:
-            fallback = f"trying the older {candidates[i + 1][1]}" if i + 1 < len(candidates) else "restarting the trial from epoch 0"
+            fallback = (f"trying the older {candidates[i + 1][1]}" if i + 1 < len(candidates)
+                        else "restarting the trial from epoch 0")
             warn(f"{exc}; {fallback}")
-    return None, None
-
-
-# --------------------------------------------------------------------------- training pieces
+    return None, None, reports
 
 
 class SubsetReader:
     """A fixed subset of a ShardReader's images, indexable like one (what BatchLoader needs)."""
 
-    def __init__(self, reader: data.ShardReader, indices: np.ndarray) -> None:
+    def __init__(self, reader: ShardReader, indices: np.ndarray) -> None:
         self.reader, self.indices = reader, np.asarray(indices, np.int64)
 
     def __len__(self) -> int:
@@ -162,41 +114,21 @@ def spread(count: int, total: int) -> np.ndarray:
 
 def quality_metrics(prefix: str, q: dict[str, list[float]]) -> dict[str, float]:
     """``prefix/psnr``, ``/ms_ssim``, ``/residual`` at the last iteration, ``/loss`` (L1 residual summed
-    over iterations), and per iteration ``…_i{k}`` when there are several."""
-    n = len(q["psnr"])
+    over iterations), and the same per iteration: ``…_i1`` … ``…_i{n}``."""
     out = {f"{prefix}/psnr": q["psnr"][-1], f"{prefix}/ms_ssim": q["ms_ssim"][-1],
-           f"{prefix}/residual": q["residual"][-1], f"{prefix}/loss": float(sum(q["residual"]))}
-    if n > 1:
-        for k in range(n):
-            for name in ("psnr", "ms_ssim", "residual"):
-                out[f"{prefix}/{name}_i{k + 1}"] = q[name][k]
-    return out
+           f"{prefix}/residual": q["residual"][-1], f"{prefix}/loss": sum(q["residual"])}
+    for k in range(len(q["psnr"])):
+        for name in ("psnr", "ms_ssim", "residual"):
+            out[f"{prefix}/{name}_i{k + 1}"] = q[name][k]
+    return {k: float(v) for k, v in out.items()}  # plain floats: checkpoints load with weights_only=True
 
 
-def build(params: dict[str, Any], seed: int, device: torch.device, total_steps: int):
-    """Model, optimizer and learning-rate schedule of a trial (the model initialised from ``seed``)."""
-    torch.manual_seed(seed)
-    config = CodecConfig(cell=params["cell"], mode=params["reconstruction"], width=params["width"],
-                         activation=params["activation"])
-    model = RNNCodec(config).to(device)
-    lr, wd = params["lr"], params["weight_decay"]
-    if params["optimizer"] == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
-    elif params["optimizer"] == "adamw":
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
-    kind = params["lr_schedule"]
-
-    def factor(step: int) -> float:
-        if kind == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
-        if kind == "step":
-            return 0.1 if step >= 2 * total_steps // 3 else 1.0
-        return 1.0
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    return model, optimizer, schedule
+def train_config(params: dict[str, Any], total_steps: int) -> TrainConfig:
+    """The :class:`TrainConfig` of a trial's training parameters."""
+    return TrainConfig(iterations=params["iterations"], loss=params["loss"], optimizer=params["optimizer"],
+                       lr=params["lr"], weight_decay=params["weight_decay"], lr_schedule=params["lr_schedule"],
+                       total_steps=total_steps, grad_clip=params["grad_clip"], amp=params["amp"],
+                       deterministic=params["deterministic"])
 
 
 def _endless(loader: BatchLoader) -> Iterator[torch.Tensor]:
@@ -205,23 +137,15 @@ def _endless(loader: BatchLoader) -> Iterator[torch.Tensor]:
 
 
 def _save(folder: Path, state: dict[str, Any]) -> None:
-    """state.pt and meta.json into ``folder``, each written to a temporary name and renamed."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{STATE_FILE}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, folder / STATE_FILE)
-    tmp = folder / f".{META_FILE}.tmp"
-    meta = {k: state[k] for k in ("epoch", "trial_key", "repeat", "params", "history", "seed")}
+    """state.pt and meta.json into a fresh ``folder`` (Tune copies it into storage)."""
+    torch.save(state, folder / STATE_FILE)
+    meta = {k: state[k] for k in ("epoch", "report", "trial_key", "repeat", "params", "history", "seed")}
     meta["state_bytes"] = (folder / STATE_FILE).stat().st_size
-    tmp.write_text(json.dumps(meta, default=float))
-    os.replace(tmp, folder / META_FILE)
+    (folder / META_FILE).write_text(json.dumps(meta, default=float))
 
 
 def _warn(message: str) -> None:
     print(f"rnncodec sweep: warning: {message}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------- the trial
 
 
 def run_trial(
@@ -237,120 +161,107 @@ def run_trial(
     data_seed: int = 0,
     device: torch.device | None = None,
     warn: Callable[[str], None] = _warn,
+    fail_after_epoch: int | None = None,
 ) -> dict[str, Any]:
     """Train one configuration; ``report(metrics, checkpoint_folder)`` once per epoch.
 
     ``places`` are trial folders whose ``checkpoint_*`` sub-folders are tried (newest epoch first)
-    before starting from scratch. Returns the last metrics.
+    before starting from scratch. ``fail_after_epoch`` raises :class:`InjectedFailure` once, right after
+    that epoch's checkpoint, in an attempt that started from scratch. Returns the last metrics.
     """
     wall_start = time.perf_counter()
     key, seed = trial_key(params, repeat), trial_seed(params, repeat)
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp = bool(params["amp"]) and device.type == "cuda"
+    iterations, epochs = params["iterations"], params["epochs"]
 
-    train_reader = data.open_split(data_location, "train", verify_sha256=False)
-    val_reader = data.open_split(data_location, "val", verify_sha256=False)
-    subset = training_subset(len(train_reader), params["train_size"], data_seed)
-    train_set = SubsetReader(train_reader, subset)
+    train_reader = open_split(data_location, "train", verify_sha256=False)
+    val_reader = open_split(data_location, "val", verify_sha256=False)
+    train_set = SubsetReader(train_reader, training_subset(len(train_reader), params["train_size"], data_seed))
     val_pixels = torch.from_numpy(val_reader.images(spread(params["val_size"], len(val_reader))))
     train_pixels = torch.from_numpy(train_set.images(spread(params["val_size"], len(train_set))))
-
     loader = BatchLoader(train_set, params["batch_size"], seed=seed)
     steps_per_epoch = params["steps_per_epoch"] or len(loader)
-    epochs, iterations = params["epochs"], params["iterations"]
-    model, optimizer, schedule = build(params, seed, device, epochs * steps_per_epoch)
 
-    state, restored_from = latest_state(list(places), key, warn)
-    counters = {"epoch": 0, "steps": 0, "samples_seen": 0, "wall_time": 0.0, "train_time": 0.0}
+    torch.manual_seed(seed)
+    model = RNNCodec(CodecConfig(cell=params["cell"], mode=params["reconstruction"], width=params["width"],
+                                 activation=params["activation"])).to(device)
+    trainer = Trainer(model, train_config(params, epochs * steps_per_epoch))
+
+    state, restored_from, reports = latest_state(list(places), key, warn)
+    started_at, wall_time, history = 0, 0.0, []
     if state is not None:
         try:
-            restored = model_from_state(state["model"], restored_from)
-            model.load_state_dict(restored.state_dict())
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["scheduler"])
+            model.load_state_dict(model_from_state(state["model"], restored_from).state_dict())
+            trainer.load_state_dict(state["trainer"])
             loader.load_state_dict(state["loader"])
-        except (CodecError, data.DataError, KeyError, ValueError, RuntimeError) as exc:
+            torch.set_rng_state(state["rng"]["torch"])
+            if device.type == "cuda" and state["rng"].get("cuda"):
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+            started_at, wall_time = int(state["epoch"]), float(state["wall_time"])
+        except (CodecError, DataError, KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise SweepError(f"checkpoint {restored_from} does not fit trial {trial_name} ({exc}); "
                              "delete the trial's checkpoints to restart it") from None
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        counters = {k: state[k] for k in counters}
-        history = [dict(h) for h in state.get("history", [])][: counters["epoch"]]
-    else:
-        history = []
-    started_at = counters["epoch"]
-    fresh = state is None
+        history = [dict(h) for h in state.get("history", [])][:started_at]
 
-    config = {**params, "repeat": repeat, "seed": seed, "trial_key": key, "bpp": 0.125 * iterations,
+    config = {**params, "repeat": repeat, "seed": seed, "trial_key": key, "bpp": BPP_PER_ITERATION * iterations,
               **(wandb_settings or {}).get("config", {})}
     logger = TrialLogger(wandb_settings, run_id or key, trial_name, config)
+    if history and logger.next_step() <= state["report"]:
+        logger.log(history[-1], step=state["report"])  # the attempt before may have stopped before logging it
     wandb_time = logger.init_seconds
     setup_time = time.perf_counter() - wall_start
     shown = val_pixels[: (wandb_settings or {}).get("images", 8)]
+    images_every = (wandb_settings or {}).get("images_every", 0)
     batches = _endless(loader)
     metrics: dict[str, Any] = {}
     exit_code = 1
     try:
-        for epoch in range(started_at, epochs):
+        for epoch in range(started_at + 1, epochs + 1):
             epoch_start = time.perf_counter()
-            losses, in_steps = [], 0.0
-            for _ in range(steps_per_epoch):
-                batch = next(batches)
-                t0 = time.perf_counter()
-                losses.append(train_step(model, optimizer, batch, iterations, params["loss"], amp=amp,
-                                         grad_clip=params["grad_clip"]))
-                in_steps += time.perf_counter() - t0
-                schedule.step()
-                counters["steps"] += 1
-                counters["samples_seen"] += len(batch)
-            train_q = evaluate(model, train_pixels, iterations, amp=amp)
-            val_q = evaluate(model, val_pixels, iterations, amp=amp, keep=64)
-            recon = val_q["reconstructions"]
-            counters["epoch"] = epoch + 1
-            counters["train_time"] += in_steps
+            losses = trainer.run(batches, steps_per_epoch)
+            train_q = trainer.evaluate(train_pixels)
+            val_q = trainer.evaluate(val_pixels, keep=len(shown))
             now = time.perf_counter()
-            counters["wall_time"] += now - wall_start
+            wall_time += now - wall_start
             wall_start = now
+            reports += 1
             metrics = {
-                "epoch": epoch + 1, "steps": counters["steps"], "samples_seen": counters["samples_seen"],
-                "wall_time": counters["wall_time"], "train_time": counters["train_time"],
-                "epoch_time": now - epoch_start, "lr": optimizer.param_groups[0]["lr"],
-                "bpp": 0.125 * iterations, "iterations": iterations, "repeat": repeat, "seed": seed,
-                "trial_key": key, "resumed_from_epoch": started_at if not fresh else -1,
-                "train/step_loss": float(np.mean(losses)) if losses else float("nan"),
+                "epoch": epoch, "steps": trainer.steps, "samples_seen": trainer.samples_seen,
+                "wall_time": wall_time, "train_time": trainer.train_time, "epoch_time": now - epoch_start,
+                "lr": trainer.lr, "bpp": BPP_PER_ITERATION * iterations, "iterations": iterations,
+                "repeat": repeat, "seed": seed, "trial_key": key,
+                "resumed_from_epoch": started_at if state is not None else -1,
+                "train/step_loss": float(np.mean(losses)), "setup_time": setup_time, "wandb_time": wandb_time,
                 **quality_metrics("train", train_q), **quality_metrics("val", val_q),
             }
-            metrics = {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in metrics.items()}
-            metrics["setup_time"], metrics["wandb_time"] = setup_time, wandb_time
             history.append({k: v for k, v in metrics.items() if k != "trial_key"})
-            t_log = time.perf_counter()
-            every = (wandb_settings or {}).get("images_every", 0)
-            logger.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=epoch + 1)
-            if every and ((epoch + 1) % every == 0 or epoch + 1 == epochs):
-                grid = image_grid(shown.numpy(), [r[: len(shown)].numpy() for r in recon])
-                logger.images(grid, f"epoch {epoch + 1}: originals, then iterations 1..{iterations}", epoch + 1)
-            if epoch + 1 == epochs:
-                rows = [[k + 1, 0.125 * (k + 1), val_q["psnr"][k], val_q["ms_ssim"][k]] for k in range(iterations)]
-                logger.table("val/rate_distortion", ["iterations", "bpp", "psnr", "ms_ssim"], rows, epoch + 1)
-            wandb_time += time.perf_counter() - t_log
-            state = {
-                "format": FORMAT, "version": VERSION, "trial_key": key, "params": params, "repeat": repeat, "seed": seed,
-                "history": history, "model": model_state(model), "optimizer": optimizer.state_dict(),
-                "scheduler": schedule.state_dict(), "loader": loader.state_dict(),
+            saved = {
+                "format": TRIAL_FORMAT, "version": TRIAL_VERSION, "trial_key": key, "params": params,
+                "repeat": repeat, "seed": seed, "history": history, "epoch": epoch, "report": reports,
+                "wall_time": wall_time, "model": model_state(model), "trainer": trainer.state_dict(),
+                "loader": loader.state_dict(),
                 "rng": {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
-                **counters,
             }
             folder = Path(tempfile.mkdtemp(prefix="rnncodec-ckpt-"))
             try:
-                _save(folder, state)
+                _save(folder, saved)
                 report(metrics, str(folder))
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
-            if fresh and params.get("test_fail_after_epoch") == epoch + 1 and epoch + 1 < epochs:
-                raise InjectedFailure(f"test_fail_after_epoch: injected failure after epoch {epoch + 1}")
+            t_log = time.perf_counter()
+            logger.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=reports)
+            if images_every and (epoch % images_every == 0 or epoch == epochs):
+                grid = image_grid([shown.numpy(), *(r.numpy() for r in val_q["reconstructions"])], scale=3)
+                logger.images(grid, f"epoch {epoch}: originals, then iterations 1..{iterations}", reports)
+            if epoch == epochs:
+                rows = [[k + 1, BPP_PER_ITERATION * (k + 1), val_q["psnr"][k], val_q["ms_ssim"][k]]
+                        for k in range(iterations)]
+                logger.table("val/rate_distortion", ["iterations", "bpp", "psnr", "ms_ssim"], rows, reports)
+            wandb_time += time.perf_counter() - t_log
+            if state is None and fail_after_epoch == epoch and epoch < epochs:
+                raise InjectedFailure(f"injected failure after epoch {epoch}")
         exit_code = 0
         return metrics
     finally:
@@ -363,13 +274,14 @@ def tune_trainable(config: dict[str, Any], *, sweep: dict[str, Any], context: di
     """The Ray Tune function trainable (bind ``sweep`` and ``context`` with ``tune.with_parameters``).
 
     ``context``: ``data`` (prepared folder or URI), ``experiment`` (the sweep folder or URI),
-    ``wandb`` (resolved W&B settings or None) and ``uid`` (the sweep's id, part of W&B run ids).
+    ``wandb`` (resolved W&B settings or None), ``uid`` (the sweep's id, part of W&B run ids) and, for
+    tests of recovery only, ``fail_after_epoch``.
     """
     import logging
 
     from ray import tune
 
-    from sweeps.spec import Sweep
+    from rnncodec.sweeps.spec import Sweep
 
     for name in ("ray.train", "ray.tune"):  # "Checkpoint successfully created" on every epoch
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -400,4 +312,5 @@ def tune_trainable(config: dict[str, Any], *, sweep: dict[str, Any], context: di
 
     torch.set_num_threads(max(1, int(spec.resources["cpus"])))
     run_trial(params, repeat, data_location=context["data"], report=report, places=places,
-              wandb_settings=wandb_settings, run_id=run_id, trial_name=label, data_seed=spec.data["seed"])
+              wandb_settings=wandb_settings, run_id=run_id, trial_name=label, data_seed=spec.data["seed"],
+              fail_after_epoch=context.get("fail_after_epoch"))

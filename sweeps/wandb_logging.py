@@ -14,12 +14,31 @@ import re
 import sys
 import threading
 import time
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from rnncodec.sweeps.spec import SweepError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FINISH_TIMEOUT_S = 120.0  # longest wait for a run to finish (uploads) before the trial moves on
+MIN_VERSION = (0, 19, 10)  # wandb.init(reinit="finish_previous"); pyproject.toml asks for the same floor
+
+
+def check_version() -> None:
+    """Refuse, before a sweep starts, a wandb older than the features used here (the trials would
+    otherwise go on without W&B, each with a warning)."""
+    try:
+        version = metadata.version("wandb")
+    except metadata.PackageNotFoundError:
+        raise SweepError("wandb is not installed; `pip install 'wandb>=0.19.10'` or set wandb.mode: disabled") from None
+    numbers = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+    if numbers < MIN_VERSION:
+        floor = ".".join(map(str, MIN_VERSION))
+        raise SweepError(f"wandb {version} is older than {floor}, which rnncodec needs; "
+                         f"`pip install 'wandb>={floor}'` or set wandb.mode: disabled")
 
 
 def logged_in() -> bool:
@@ -55,20 +74,6 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def image_grid(original: np.ndarray, reconstructions: list[np.ndarray], scale: int = 3) -> np.ndarray:
-    """Rows of N×3×H×W uint8 images (originals first, then one row per iteration) as one H×W×3 image,
-    each pixel shown as a ``scale``×``scale`` block so 32×32 patches stay visible on a dashboard."""
-    original = original.repeat(scale, 2).repeat(scale, 3)
-    reconstructions = [r.repeat(scale, 2).repeat(scale, 3) for r in reconstructions]
-    rows = [original, *reconstructions]
-    n, _, h, w = original.shape
-    grid = np.full((len(rows) * (h + 2), n * (w + 2), 3), 255, np.uint8)
-    for r, row in enumerate(rows):
-        for c in range(n):
-            grid[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = row[c].transpose(1, 2, 0)
-    return grid
-
-
 class TrialLogger:
     """A W&B run for one trial; a no-op when ``settings`` is None, the mode is disabled, or W&B failed."""
 
@@ -97,9 +102,19 @@ class TrialLogger:
                 reinit="finish_previous",
                 settings=wandb.Settings(silent=True, console="off", init_timeout=60, x_disable_stats=True),
             )
+            # Charts run along epochs; the W&B step is the trial's report count, which only grows.
+            self.run.define_metric("epoch")
+            self.run.define_metric("*", step_metric="epoch")
         except Exception as exc:  # W&B trouble never stops a trial
             self._warn("could not start", exc)
         self.init_seconds = time.perf_counter() - start
+
+    def next_step(self) -> int:
+        """The lowest step W&B still accepts: known for a resumed online run, else 0 (a step that an
+        offline run already holds is dropped when it is synced); a large number without a run."""
+        if self.run is None:
+            return 1 << 62
+        return int(self.run.step) if self.run.resumed else 0
 
     def _warn(self, what: str, exc: BaseException) -> None:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

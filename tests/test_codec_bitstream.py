@@ -5,9 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from codec import CodecConfig, CodecError, RNNCodec, compress, decompress, decompress_progressive
-from codec.bitstream import HEADER_BYTES, parse_header
-from codec.image import load_image, pad_to_stride, to_input, to_pixels
+from rnncodec.codec import CodecConfig, CodecError, RNNCodec, compress, decompress, decompress_progressive
+from rnncodec.codec.bitstream import HEADER_BYTES, parse_header
+from rnncodec.codec.image import pad_to_stride, to_input, to_pixels
+from rnncodec.data.errors import RnncodecError
+from rnncodec.data.images import load_image
 
 MODES = ("one-shot", "additive", "residual-scaling")
 
@@ -149,10 +151,10 @@ def test_input_rule_converts_greyscale_and_16_bit_and_refuses_transparency(tmp_p
     assert np.array_equal(load_image(tmp_path / "opaque.png"), rgba[:, :, :3])
     rgba[0, 0, 3] = 0
     Image.fromarray(rgba, mode="RGBA").save(tmp_path / "clear.png")
-    with pytest.raises(CodecError, match="transparent pixels"):
+    with pytest.raises(RnncodecError, match="transparent pixels"):
         load_image(tmp_path / "clear.png")
     (tmp_path / "fake.png").write_text("not an image")
-    with pytest.raises(CodecError, match="is not a readable image"):
+    with pytest.raises(RnncodecError, match="is not a readable image"):
         load_image(tmp_path / "fake.png")
-    with pytest.raises(CodecError, match="no such image file"):
+    with pytest.raises(RnncodecError, match="no such image file"):
         load_image(tmp_path / "missing.png")

@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from codec import CodecConfig, CodecError, RNNCodec, load_checkpoint, model_id, save_checkpoint, warm_start
+from rnncodec.codec import CodecConfig, CodecError, RNNCodec, load_checkpoint, model_id, save_checkpoint, warm_start
 
 
 def test_round_trip_rebuilds_the_same_model(tmp_path):

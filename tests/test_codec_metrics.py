@@ -8,7 +8,7 @@ import torch
 from pytorch_msssim import ms_ssim as reference_ms_ssim
 from scipy.signal import convolve2d
 
-from codec.metrics import PATCH_MS_SSIM, STANDARD_MS_SSIM, ms_ssim, ms_ssim_db, ms_ssim_with, psnr, rd_auc
+from rnncodec.codec.metrics import PATCH_MS_SSIM, STANDARD_MS_SSIM, ms_ssim, ms_ssim_db, ms_ssim_with, psnr, rd_auc
 
 
 def _pair(n: int, h: int, w: int, noise: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

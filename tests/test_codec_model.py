@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from codec import CELLS, MODES, CodecConfig, CodecError, RNNCodec, train_step
-from codec.model import Binarizer, ConvGRUCell
+from rnncodec.codec import CELLS, MODES, CodecConfig, CodecError, RNNCodec, train_step
+from rnncodec.codec.model import Binarizer, ConvGRUCell
 
 
 def test_paper_size_lstm_has_the_published_parameter_count():

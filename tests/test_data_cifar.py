@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import data
-from data.cifar import CIFAR10, CIFAR100, FLAG, Layout
+from rnncodec import data
+from rnncodec.data.cifar import CIFAR10, CIFAR100, FLAG, Layout
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SHARED_CIFAR10 = SHARED / "cifar10" / "cifar-10-python.tar.gz"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from sweeps.cli import main
+from rnncodec.sweeps.cli import main
 
 
 def test_prepare_prints_the_folder_and_info_describes_it(tmp_path, capsys):
@@ -35,7 +35,7 @@ def test_prepare_prints_the_folder_and_info_describes_it(tmp_path, capsys):
     assert main(["data", "info", str(folder), "--grid", str(grid), "--samples", "20"]) == 0
     out = capsys.readouterr().out
     assert "2,000" in out and "sha256 verified" in out and '"rotations": 2' in out
-    assert Image.open(grid).size == (2 * (8 * 34 + 2), 2 * (3 * 34 + 2))
+    assert Image.open(grid).size == (8 * (2 * 32 + 2) + 2, 3 * (2 * 32 + 2) + 2)  # 20 images, 8 a row, shown 2×
 
 
 def test_prepare_into_out_dir(tmp_path, capsys):

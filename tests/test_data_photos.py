@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import data
-from data.photos import hardest, sample_source, tile
+from rnncodec import data
+from rnncodec.data.photos import hardest, sample_source, tile
 
 
 def test_tiles_are_the_non_overlapping_32x32_blocks():
@@ -77,7 +77,7 @@ def test_folder_hard_patches_keep_k_per_photo(tmp_path):
 
 def test_folder_errors_are_one_clear_line(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(data.DataError, match="holds no .png"):
+    with pytest.raises(data.DataError, match="holds no images"):
         data.prepare(f"folder:{tmp_path / 'empty'}", cache_dir=tmp_path / "cache")
     with pytest.raises(data.DataError, match="does not exist"):
         data.prepare(f"folder:{tmp_path / 'nowhere'}", cache_dir=tmp_path / "cache")
@@ -85,12 +85,12 @@ def test_folder_errors_are_one_clear_line(tmp_path):
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     Image.fromarray(noise).save(tmp_path / "bad" / "broken.png")
     (tmp_path / "bad" / "garbage.png").write_bytes(b"\x89PNG not really")
-    with pytest.raises(data.DataError, match="cannot read image .*garbage.png"):
+    with pytest.raises(data.DataError, match="garbage.png is not a readable image"):
         data.prepare(f"folder:{tmp_path / 'bad'}", cache_dir=tmp_path / "cache")
     (tmp_path / "bad" / "garbage.png").unlink()
     payload = (tmp_path / "bad" / "broken.png").read_bytes()
     (tmp_path / "bad" / "broken.png").write_bytes(payload[: len(payload) // 2])  # header fine, pixels cut
-    with pytest.raises(data.DataError, match="cannot read image .*broken.png") as error:
+    with pytest.raises(data.DataError, match="broken.png is not a readable image") as error:
         data.prepare(f"folder:{tmp_path / 'bad'}", cache_dir=tmp_path / "cache")
     assert "\n" not in str(error.value)
     assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pytest
 import torch
 
-import data
-from data.loader import BatchLoader
-from data.reader import EpochSampler, ShardReader
+from rnncodec import data
+from rnncodec.data.loader import BatchLoader
+from rnncodec.data.reader import EpochSampler, ShardReader
 
 
 @pytest.fixture(scope="module")

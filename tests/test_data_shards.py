@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import data
-from data.shards import IMAGE_BYTES, MANIFEST, SCHEMA
+from rnncodec import data
+from rnncodec.data.shards import IMAGE_BYTES, MANIFEST, SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,7 +147,8 @@ def test_damaged_manifest_is_refused(tmp_path):
 
 
 PREPARE = """
-import sys, data
+import sys
+from rnncodec import data
 print(data.prepare("sample", rotations=4, cache_dir=sys.argv[1]))
 """
 

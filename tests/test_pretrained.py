@@ -2,9 +2,9 @@
 
 import numpy as np
 
-import codec
-from codec.checkpoint import DEFAULT_CHECKPOINT
-from data import sample_images
+from rnncodec import codec
+from rnncodec.codec.checkpoint import DEFAULT_CHECKPOINT
+from rnncodec.data import sample_images
 
 
 def test_bundled_checkpoint_is_the_default_and_small():

@@ -20,10 +20,10 @@ ray = pytest.importorskip("ray")
 
 from PIL import Image  # noqa: E402
 
-from data import sample_images  # noqa: E402
-from sweeps import runner  # noqa: E402
-from sweeps.results import collect, status_table, write_report  # noqa: E402
-from sweeps.spec import parse_spec  # noqa: E402
+from rnncodec.data import sample_images  # noqa: E402
+from rnncodec.sweeps import runner  # noqa: E402
+from rnncodec.sweeps.results import collect, status_table, write_report  # noqa: E402
+from rnncodec.sweeps.spec import parse_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,6 @@ def cluster(tmp_path_factory):
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
         os.environ[var] = str(home / "wandb")
     os.environ["RNNCODEC_CACHE"] = str(home / "cache")
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [saved.get("PYTHONPATH")])])
     # RAY_AUTH_MODE: an explicit setting is respected; unset, ray.init turns token auth on and exports
     # RAY_AUTH_MODE=token to this process's environment, which the driver subprocesses then inherit.
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024 * 1024, log_to_driver=False)
@@ -67,8 +66,8 @@ def epochs_of(trial):
 
 
 def test_failing_trials_are_retried_from_their_checkpoints_and_logged(cluster, tmp_path):
-    spec = parse_spec(spec_dict(tmp_path, "flaky", test_fail_after_epoch=1))
-    summary = runner.run(spec)
+    spec = parse_spec(spec_dict(tmp_path, "flaky"))
+    summary = runner.run(spec, fail_after_epoch=1)
     assert summary["errors"] == 0 and summary["trials"] == 2
     location = summary["location"]
     spec, trials = collect(location)
@@ -100,7 +99,7 @@ def test_failing_trials_are_retried_from_their_checkpoints_and_logged(cluster, t
 
 
 def _driver(args, log):
-    cmd = [sys.executable, "-m", "sweeps.sweep_commands", "sweep", *args]
+    cmd = [sys.executable, "-m", "rnncodec.sweeps.cli", "sweep", *args]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -160,9 +159,9 @@ def test_killed_driver_resumes_without_losing_epochs(cluster, tmp_path):
 
 
 def test_resume_continues_errored_trials_from_their_checkpoints(cluster, tmp_path):
-    raw = spec_dict(tmp_path, "errored", epochs=2, test_fail_after_epoch=1)
+    raw = spec_dict(tmp_path, "errored", epochs=2)
     raw["axes"], raw["fixed"]["batch_size"], raw["max_failures"] = {}, 8, 0
-    first = runner.run(parse_spec(raw))
+    first = runner.run(parse_spec(raw), fail_after_epoch=1)
     assert first["errors"] == 1
     _, (trial,) = collect(first["location"])
     assert trial["status"] == "ERROR" and epochs_of(trial) == [1]

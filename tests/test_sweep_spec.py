@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeps.spec import Sweep, SweepError, check_resources, load_spec, parse_spec, trial_key, trial_seed
+from rnncodec.sweeps.spec import Sweep, SweepError, check_resources, load_spec, parse_spec, trial_key, trial_seed
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 
@@ -65,7 +65,6 @@ def test_seed_derives_from_configuration_and_repeat():
     p = {"batch_size": 8, "lr": 1e-3}
     assert trial_seed(p, 0) == trial_seed(dict(reversed(p.items())), 0)
     assert trial_seed(p, 0) != trial_seed(p, 1) != trial_seed({**p, "batch_size": 16}, 1)
-    assert trial_seed(p, 0) == trial_seed({**p, "test_fail_after_epoch": 1}, 0)  # the test hook keeps the numbers
     assert trial_key(p, 0) == trial_key(p, 0) and len(trial_key(p, 0)) == 12
 
 
@@ -136,7 +135,7 @@ def test_impossible_resources_are_refused():
 )
 def test_run_refuses_bad_sweeps_before_ray_starts(tmp_path, content, match):
     ray = pytest.importorskip("ray")
-    from sweeps import runner
+    from rnncodec.sweeps import runner
 
     path = tmp_path / "s.yaml"
     path.write_text(content)
@@ -148,12 +147,10 @@ def test_run_refuses_bad_sweeps_before_ray_starts(tmp_path, content, match):
 
 
 def test_sweep_commands_parse_and_report_a_missing_folder(tmp_path):
-    import argparse
 
-    from sweeps import sweep_commands
+    from rnncodec.sweeps import cli
 
-    parser = argparse.ArgumentParser(prog="rnncodec")
-    sweep_commands.register(parser.add_subparsers(dest="command", required=True))
+    parser = cli.build_parser()
     args = parser.parse_args(["sweep", "run", "s.yaml", "--name", "n", "--storage", "s3://b/x", "--address", "auto"])
     assert (args.spec, args.name, args.storage, args.address) == ("s.yaml", "n", "s3://b/x", "auto")
     for command in ("resume", "status", "report"):

@@ -6,9 +6,9 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-import data
-from sweeps.spec import parse_spec, trial_key
-from sweeps.trainable import InjectedFailure, checkpoints, run_trial
+from rnncodec import data
+from rnncodec.sweeps.spec import parse_spec, trial_key
+from rnncodec.sweeps.trainable import InjectedFailure, checkpoints, run_trial
 
 LOCAL = pafs.LocalFileSystem()
 
@@ -62,11 +62,10 @@ def test_resume_after_a_failure_continues_exactly(tmp_path, prepared, params):
     assert [m["epoch"] for m in straight.metrics] == [1, 2, 3]
 
     broken = Folder(tmp_path / "broken")
-    flaky = {**params, "test_fail_after_epoch": 1}
     with pytest.raises(InjectedFailure):
-        broken.run(flaky, data=prepared)
+        broken.run(params, data=prepared, fail_after_epoch=1)
     assert [m["epoch"] for m in broken.metrics] == [1]
-    broken.run(flaky, data=prepared)  # the retry starts from the epoch-1 checkpoint and does not fail again
+    broken.run(params, data=prepared, fail_after_epoch=1)  # the retry starts from the epoch-1 checkpoint and does not fail again
     assert [m["epoch"] for m in broken.metrics] == [1, 2, 3]
     assert [m["resumed_from_epoch"] for m in broken.metrics] == [-1, 1, 1]
     for a, b in zip(straight.metrics, broken.metrics):
@@ -79,7 +78,7 @@ def test_unreadable_checkpoint_falls_back_to_the_previous_then_restarts(tmp_path
     short = {**params, "epochs": 2}
     trial.run(short, data=prepared)
     newest = checkpoints(LOCAL, str(trial.path))
-    assert [e for e, _ in newest] == [2, 1]
+    assert [e for e, _, _ in newest] == [2, 1]
     (Path(newest[0][1]) / "state.pt").write_bytes(b"not a checkpoint")
     warnings = []
     trial.run(short, data=prepared, warn=warnings.append)
@@ -89,7 +88,7 @@ def test_unreadable_checkpoint_falls_back_to_the_previous_then_restarts(tmp_path
     assert trial.metrics[2]["resumed_from_epoch"] == 1
     assert trial.metrics[2]["val/psnr"] == trial.metrics[1]["val/psnr"]  # same numbers as the first time
 
-    for _, folder in checkpoints(LOCAL, str(trial.path)):
+    for _, folder, _ in checkpoints(LOCAL, str(trial.path)):
         (Path(folder) / "state.pt").write_bytes(b"")
     warnings.clear()
     trial.metrics.clear()
@@ -114,11 +113,11 @@ def test_wandb_offline_run_keeps_its_id_across_resume(tmp_path, prepared, params
     settings = {"mode": "offline", "project": "rnncodec-test", "entity": None, "group": "g",
                 "images_every": 1, "images": 4, "dir": str(tmp_path / "wb")}
     trial = Folder(tmp_path / "trial")
-    flaky = {**params, "epochs": 2, "test_fail_after_epoch": 1}
-    run_id = f"abcd-{trial_key(flaky, 0)}"
+    short = {**params, "epochs": 2}
+    run_id = f"abcd-{trial_key(short, 0)}"
     with pytest.raises(InjectedFailure):
-        trial.run(flaky, data=prepared, wandb_settings=settings, run_id=run_id)
-    trial.run(flaky, data=prepared, wandb_settings=settings, run_id=run_id)
+        trial.run(short, data=prepared, wandb_settings=settings, run_id=run_id, fail_after_epoch=1)
+    trial.run(short, data=prepared, wandb_settings=settings, run_id=run_id)
     runs = sorted((tmp_path / "wb" / "wandb").glob("offline-run-*"))
     # W&B names the folders offline-run-<time>-<id>, adding "-1" when both start in the same second
     assert len(runs) == 2 and all(f"-{run_id}" in r.name for r in runs)
@@ -126,7 +125,7 @@ def test_wandb_offline_run_keeps_its_id_across_resume(tmp_path, prepared, params
 
 
 def test_wandb_trouble_never_stops_a_trial(tmp_path, monkeypatch, capsys):
-    from sweeps.wandb_logging import TrialLogger, logged_in
+    from rnncodec.sweeps.wandb_logging import TrialLogger, logged_in
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))

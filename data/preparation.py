@@ -9,15 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-from data import cache
-from data.cifar import CIFAR10, CIFAR100, LAYOUTS, CifarArchive, CifarSource, locate
-from data.download import download_archive
-from data.errors import DataError
-from data.photos import PhotoSource, folder_source, sample_source
-from data.progress import progress_bar
-from data.shards import DEFAULT_ROWS_PER_SHARD, FORMAT_VERSION, MANIFEST, ShardWriter, read_manifest, verify, write_json
+from rnncodec.data import cache
+from rnncodec.data.cifar import CIFAR10, CIFAR100, LAYOUTS, CifarArchive, CifarSource, locate
+from rnncodec.data.download import download_archive
+from rnncodec.data.errors import DataError
+from rnncodec.data.files import write_json
+from rnncodec.data.photos import PhotoSource, folder_source, sample_source
+from rnncodec.data.progress import progress_bar
+from rnncodec.data.shards import DEFAULT_ROWS_PER_SHARD, FORMAT_VERSION, MANIFEST, ShardWriter, read_manifest, verify
+from rnncodec.data.sources import CIFAR, FOLDER, check_source
 
-SOURCES = "sample, cifar10, cifar100, cifar, folder:PATH"
 MAX_ROTATIONS = 4
 
 
@@ -30,8 +31,10 @@ def open_source(
     hard_patches: int | None = None,
     val_fraction: float = 0.1,
 ) -> CifarSource | PhotoSource:
-    """The source named by ``source`` (see ``SOURCES``); CIFAR archives are located, downloaded and checked here."""
-    if source in ("cifar10", "cifar100", "cifar"):
+    """The source named by ``source`` (see ``sources.SOURCES``); CIFAR archives are located, downloaded and
+    checked here."""
+    check_source(source)
+    if source in CIFAR:
         if hard_patches:
             raise DataError("--hard-patches applies to photo sources (sample, folder:PATH), not to CIFAR; drop it")
         layouts = [CIFAR10, CIFAR100] if source == "cifar" else [LAYOUTS[source]]
@@ -50,9 +53,7 @@ def open_source(
         raise DataError("--root applies to CIFAR sources only; give photographs as --source folder:PATH")
     if source == "sample":
         return sample_source(hard_patches=hard_patches, val_fraction=val_fraction)
-    if source.startswith("folder:") and len(source) > len("folder:"):
-        return folder_source(Path(source.removeprefix("folder:")), hard_patches=hard_patches, val_fraction=val_fraction)
-    raise DataError(f"unknown source {source!r}; choose one of {SOURCES}")
+    return folder_source(Path(source.removeprefix(FOLDER)), hard_patches=hard_patches, val_fraction=val_fraction)
 
 
 def _check_numbers(
@@ -156,7 +157,7 @@ def prepare(
         hard_patches=hard_patches,
         val_fraction=val_fraction,
     )
-    kind = "folder" if source.startswith("folder:") else source
+    kind = "folder" if source.startswith(FOLDER) else source
     params = {
         "format": FORMAT_VERSION,
         "source": kind,

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from codec.errors import CodecError
-from codec.image import write_atomic
+from rnncodec.codec.errors import CodecError
+from rnncodec.data.files import file_digest, write_atomic
 
 BASE_URL = "https://r0k.us/graphics/kodak/kodak/"
 SHA256 = {
@@ -45,21 +45,13 @@ NAMES = tuple(SHA256)
 URLS = {name: BASE_URL + name for name in NAMES}
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def verify_kodak(folder: str | Path) -> dict[str, str]:
     """Check the Kodak images in ``folder``: ``{name: "ok" | "missing" | "mismatch"}``."""
     folder = Path(folder)
     status = {}
     for name, digest in SHA256.items():
         path = folder / name
-        status[name] = "missing" if not path.is_file() else "ok" if sha256_file(path) == digest else "mismatch"
+        status[name] = "missing" if not path.is_file() else "ok" if file_digest(path) == digest else "mismatch"
     return status
 
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from codec.errors import CodecError
-from codec.image import write_atomic
-from codec.metrics import ms_ssim_db
+from rnncodec.codec.errors import CodecError
+from rnncodec.codec.metrics import ms_ssim_db
+from rnncodec.data.files import write_atomic
+from rnncodec.evaluation.results import load_results
 
 # Known published curve files: file-name prefix → legend label.
 ANCHOR_LABELS = {
@@ -50,8 +51,6 @@ def load_anchors(folder: str | Path) -> list[dict[str, Any]]:
     and CompressAI results JSONs (in ``folder`` or its ``compressai/``), each as a
     CompressAI-format dict whose ``results`` has ``bpp`` and the metrics it provides (a txt
     pair whose bpp columns differ is kept as two curves)."""
-    from codec.evaluation import load_results
-
     folder = Path(folder)
     if not folder.is_dir():
         raise CodecError(f"no such anchors folder: {folder}; give --anchors DIR with the published curves, "
@@ -95,10 +94,9 @@ def rd_figure(results: Sequence[dict[str, Any]], anchors: Sequence[dict[str, Any
               ylabel: str | None = None, max_bpp: float | None = None, title: str | None = None):
     """A matplotlib Figure of ``metric`` against bpp: ``results`` bold with markers, ``anchors``
     thin and dashed. The x axis runs to ``max_bpp`` (default 2.25, the paper's range)."""
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    import matplotlib
 
     fig = Figure(figsize=(11, 6), dpi=100)
     FigureCanvasAgg(fig)

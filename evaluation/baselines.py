@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, features
 
-from codec.errors import CodecError
+from rnncodec.codec.errors import CodecError
+from rnncodec.evaluation.quality import image_metrics
 
 QUALITIES = tuple(range(5, 100, 5))
 
@@ -95,8 +96,6 @@ def run_baseline(key: str, images: list[tuple[str, np.ndarray]], qualities: tupl
                  advance: Callable[[], None] | None = None) -> list[dict[str, Any]]:
     """Per-image records of baseline ``key`` at every quality: ``image``, ``quality``, ``bytes``,
     ``bpp``, the metrics of ``measure(original, decoded)``, ``encoding_time``, ``decoding_time``."""
-    from codec.evaluation import image_metrics  # evaluation imports this module
-
     measure = measure or image_metrics
     rows = []
     for name, image in images:

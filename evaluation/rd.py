@@ -21,10 +21,6 @@ by k / K; the quality figures are identical, only the times are estimates.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
 import re
 import time
 import warnings
@@ -35,16 +31,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from codec import baselines as _baselines
-from codec.bitstream import compress, decompress, decompress_progressive, payload_bytes, prefix_bitstream
-from codec.errors import CodecError
-from codec.image import list_images, load_image, write_atomic
-from codec.metrics import STANDARD_MS_SSIM, ms_ssim, ms_ssim_db, psnr, rd_auc
-from codec.model import MAX_ITERATIONS, RNNCodec
+from rnncodec.codec.bitstream import compress, decompress, decompress_progressive, payload_bytes, prefix_bitstream
+from rnncodec.codec.errors import CodecError
+from rnncodec.codec.metrics import ms_ssim_db, rd_auc
+from rnncodec.codec.model import RNNCodec
+from rnncodec.codec.options import MAX_ITERATIONS
+from rnncodec.data.errors import shown
+from rnncodec.data.images import list_images, load_image
+from rnncodec.evaluation import baselines as _baselines
+from rnncodec.evaluation.quality import MIN_MS_SSIM_SIDE, image_metrics
 
 METRICS = ("psnr-rgb", "ms-ssim-rgb")
 AUC_RANGE = (0.125, 2.0)
-MIN_MS_SSIM_SIDE = (STANDARD_MS_SSIM.win_size - 1) * 16 + 1  # pytorch-msssim's 5-scale limit
 TIMINGS = ("exact", "prefix")
 
 NamedImages = list[tuple[str, np.ndarray]]
@@ -57,22 +55,25 @@ NamedImages = list[tuple[str, np.ndarray]]
 def parse_iterations(spec: str | int | Sequence[int]) -> list[int]:
     """``"1-16"``, ``"1,2,4,8,16"``, ``"1-4,8"`` or ``8`` → sorted unique iteration counts in
     1..16; anything else raises :class:`CodecError`."""
+    wrong = CodecError(f"iterations must lie in 1..{MAX_ITERATIONS} (0.125 bpp each), got {shown(spec)}")
     if isinstance(spec, int):
         items: list[int] = [spec]
     elif isinstance(spec, str):
         items = []
-        for part in spec.replace(" ", "").split(","):
-            m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        for part in spec.replace(" ", "").split(",")[:MAX_ITERATIONS + 1]:
+            m = re.fullmatch(r"(\d{1,9})(?:-(\d{1,9}))?", part)
             if not m:
-                raise CodecError(f"bad iteration list {spec!r}; write e.g. 1-16, 1,2,4,8,16 or 1-4,8")
+                raise CodecError(f"bad iteration list {shown(spec)}; write e.g. 1-16, 1,2,4,8,16 or 1-4,8")
             lo, hi = int(m[1]), int(m[2] or m[1])
             if lo > hi:
-                raise CodecError(f"bad iteration range {part!r} in {spec!r}: the start exceeds the end")
+                raise CodecError(f"bad iteration range {part!r} in {shown(spec)}: the start exceeds the end")
+            if not 1 <= lo <= hi <= MAX_ITERATIONS:
+                raise wrong  # checked before the range is listed
             items += range(lo, hi + 1)
     else:
         items = [int(v) for v in spec]
     if not items or any(not 1 <= k <= MAX_ITERATIONS for k in items):
-        raise CodecError(f"iterations must lie in 1..{MAX_ITERATIONS} (0.125 bpp each), got {spec!r}")
+        raise wrong
     return sorted(set(items))
 
 
@@ -121,20 +122,6 @@ def _named(images: Sequence[Any]) -> NamedImages:
 
 # ---------------------------------------------------------------------------------------------
 # Measurements
-
-
-def image_metrics(original: np.ndarray, decoded: np.ndarray) -> dict[str, float]:
-    """PSNR (dB, 8-bit RGB), standard 5-scale MS-SSIM (data range 255) and MS-SSIM in dB of one
-    decoded image against its original; identical images give ∞, 1.0 and ∞."""
-    if original.shape != decoded.shape:
-        raise CodecError(f"decoded image is {decoded.shape}, the original {original.shape}")
-    a = torch.from_numpy(np.array(original, dtype=np.float32)).permute(2, 0, 1)[None]
-    b = torch.from_numpy(np.array(decoded, dtype=np.float32)).permute(2, 0, 1)[None]
-    if min(a.shape[-2:]) < MIN_MS_SSIM_SIDE:
-        raise CodecError(f"standard 5-scale MS-SSIM needs at least {MIN_MS_SSIM_SIDE} pixels a side, "
-                         f"got {original.shape[1]}×{original.shape[0]}")
-    value = 1.0 if np.array_equal(original, decoded) else min(1.0, float(ms_ssim(a, b, data_range=255.0)[0]))
-    return {"psnr-rgb": psnr(original, decoded), "ms-ssim-rgb": value, "ms-ssim-db": ms_ssim_db(value)}
 
 
 def file_bpp(data: bytes | int, pixels: int) -> float:
@@ -286,51 +273,6 @@ def auc(result: dict[str, Any], metric: str = "ms-ssim-rgb", lo: float = AUC_RAN
         return None
 
 
-# ---------------------------------------------------------------------------------------------
-# Output
-
-
-def compressai_json(result: dict[str, Any]) -> dict[str, Any]:
-    """The dict written to ``<codec>.json``: CompressAI's keys, without the per-image rows."""
-    return {"name": result["name"], "description": result["description"], "results": result["results"]}
-
-
-def _json_value(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
-    if isinstance(v, dict):
-        return {k: _json_value(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_value(x) for x in v]
-    if isinstance(v, (np.floating, np.integer)):
-        return _json_value(v.item())
-    return v
-
-
-def dumps(obj: Any) -> str:
-    """Strict JSON (∞ written as the string "Infinity", NaN as null)."""
-    return json.dumps(_json_value(obj), indent=2, allow_nan=False) + "\n"
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "codec"
-
-
-CSV_FIELDS = ("codec", "image", "iterations", "quality", "bytes", "bpp", "bpp-payload", "psnr-rgb",
-              "ms-ssim-rgb", "ms-ssim-db", "encoding_time", "decoding_time")
-
-
-def per_image_csv(results: Sequence[dict[str, Any]]) -> str:
-    """One row per codec, image and operating point."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for res in results:
-        for row in res["per_image"]:
-            writer.writerow({"codec": res["name"], **{k: row.get(k, "") for k in CSV_FIELDS[1:]}})
-    return buf.getvalue()
-
-
 def compare(ours: Sequence[dict[str, Any]], baselines: Sequence[dict[str, Any]],
             anchors: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """BD-rates (%) against each baseline on PSNR and MS-SSIM dB, and AUCs over 0.125–2 bpp
@@ -351,40 +293,3 @@ def compare(ours: Sequence[dict[str, Any]], baselines: Sequence[dict[str, Any]],
         "anchors": {a["name"]: entry(a) for a in anchors
                     if all(m in a["results"] for m in ("ms-ssim-rgb", "psnr-rgb"))},
     }
-
-
-def write_results(out_dir: str | Path, results: Sequence[dict[str, Any]],
-                  summary: dict[str, Any] | None = None) -> list[Path]:
-    """Write ``<slug(name)>.json`` per codec, ``per_image.csv`` and ``summary.json`` (if given),
-    each atomically; returns the paths."""
-    out_dir = Path(out_dir)
-    paths = []
-    for res in results:
-        path = out_dir / f"{slug(res.get('key') or res['name'])}.json"
-        write_atomic(path, dumps(compressai_json(res)).encode())
-        paths.append(path)
-    path = out_dir / "per_image.csv"
-    write_atomic(path, per_image_csv(results).encode())
-    paths.append(path)
-    if summary is not None:
-        path = out_dir / "summary.json"
-        write_atomic(path, dumps(summary).encode())
-        paths.append(path)
-    return paths
-
-
-def load_results(path: str | Path) -> dict[str, Any]:
-    """Read a CompressAI-format results JSON (ours or published)."""
-    path = Path(path)
-    try:
-        d = json.loads(path.read_text())
-        if not isinstance(d.get("results"), dict) or "bpp" not in d["results"]:
-            raise ValueError("no results.bpp")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise CodecError(f"{path} is not a CompressAI-format results file ({exc})") from None
-    d.setdefault("name", path.stem)
-    d.setdefault("description", "")
-    for k, v in d["results"].items():
-        if isinstance(v, list):
-            d["results"][k] = [float(x) if isinstance(x, str) else x for x in v]
-    return d

@@ -1,0 +1,18 @@
+"""The codec's choices and limits, defined once and importable without torch (sweep-file validation
+and the command line read them before anything heavy is loaded)."""
+
+CELLS = ("lstm", "gru")
+MODES = ("one-shot", "additive", "residual-scaling")
+ACTIVATIONS = ("none", "leaky-relu")
+LOSSES = ("l1", "mse", "ms-ssim")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("none", "cosine", "step")
+
+STRIDE = 16  # the encoder halves the resolution four times
+MAX_ITERATIONS = 16
+BITS = 32  # binary codes per 16×16 block: 0.125 bpp per iteration
+BPP_PER_ITERATION = BITS / STRIDE**2
+MAX_WIDTH = 8.0  # channel multiplier
+MAX_CHANNELS = 8192  # any layer, after the width multiplier
+MAX_KERNEL = 7  # convolution kernel sides (the paper uses 1 and 3)
+MAX_BITS = 1024

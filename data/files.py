@@ -1,0 +1,122 @@
+"""Writing and hashing files: the one place rnncodec writes a file and checks a file name.
+
+``write_atomic`` never leaves a half-written file: a regular file is written to a temporary file beside
+it, flushed to disk and renamed over the old one. Symlinks are followed to their target (the link
+stays), and what is not a regular file is never replaced: a FIFO or a character device (``/dev/null``,
+``/dev/stdout``) is written through, anything else is refused.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from rnncodec.data.errors import RnncodecError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+Content = bytes | str | Callable[[BinaryIO], None]
+
+
+class FileError(RnncodecError):
+    """A file cannot be written or read where the user asked."""
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def _write(handle: BinaryIO, content: Content) -> None:
+    if callable(content):
+        content(handle)
+    else:
+        handle.write(content.encode() if isinstance(content, str) else content)
+
+
+def _write_through(path: Path, target: Path, mode: int, content: Content) -> None:
+    """Write into an existing FIFO or character device without replacing it (never blocking on a FIFO
+    that nobody reads)."""
+    try:
+        fd = os.open(target, os.O_WRONLY | (os.O_NONBLOCK if stat.S_ISFIFO(mode) else 0))
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise FileError(f"nothing reads the FIFO {path}; start its reader first or give a file name") from None
+        raise FileError(f"cannot write {path} ({_reason(exc)}); choose another output") from None
+    os.set_blocking(fd, True)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            _write(handle, content)
+    except OSError as exc:
+        raise FileError(f"cannot write {path} ({_reason(exc)}); choose another output") from None
+
+
+def write_atomic(path: str | Path, content: Content) -> Path:
+    """Write ``content`` (bytes, text, or a function writing to a binary handle) to ``path``, creating
+    its folder; returns the path written. Raises :class:`FileError` in one line on any failure."""
+    path = Path(path).expanduser()
+    target = Path(os.path.realpath(path))
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise FileError(f"cannot write {path} ({_reason(exc)}); choose another output") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        if stat.S_ISDIR(mode):
+            raise FileError(f"{path} is a folder; give a file name inside it")
+        if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+            _write_through(path, target, mode, content)
+            return path
+        raise FileError(f"{path} is not a regular file (a socket or block device); give a file name")
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.fchmod(fd, stat.S_IMODE(mode) if mode is not None else 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as handle:
+            _write(handle, content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        where = f"{path} (its folder {target.parent})" if exc.filename and str(exc.filename) != str(target) else path
+        raise FileError(f"cannot write {where}: {_reason(exc)}; choose a writable location") from None
+    except BaseException:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, payload: Any) -> Path:
+    """Write ``payload`` as indented JSON with sorted keys, atomically."""
+    return write_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 16 MiB blocks (memory stays flat whatever its size)."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_file_name(name: Any, what: str) -> str:
+    """``name`` if it is a plain file name (no folder part, no ``..``, not hidden), else RnncodecError:
+    names read from files (manifests, archives) must never reach outside their folder."""
+    if (not isinstance(name, str) or not name or name in (".", "..") or name.startswith(".")
+            or "/" in name or "\\" in name or "\0" in name or len(name) > 255):
+        shown = repr(name)[:80]
+        raise RnncodecError(f"{what} {shown} is not a plain file name inside its folder; the file is damaged "
+                            "or hostile, do not use it")
+    return name

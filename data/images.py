@@ -1,0 +1,166 @@
+"""Image files: the one rule for reading them (codec inputs and training photographs alike), PNG
+writing, folder listings and image grids.
+
+The rule: the EXIF orientation is applied (the image as viewers show it); greyscale, palette, CMYK and
+other colour modes are converted to RGB; 16-bit samples, grey or colour, are rounded to 8 bits
+(v · 255 / 65535); an alpha channel is dropped when every pixel is opaque and refused otherwise (the
+codec stores RGB only); floating-point images, animations and multi-page files are refused, and so is
+any image above ``MAX_PIXELS`` (checked from the header, before a single pixel is decoded).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from rnncodec.data.errors import DataError
+from rnncodec.data.files import write_atomic
+
+MAX_PIXELS = 1 << 26  # 67 megapixels: an 8192×8192 image; 192 MB as 8-bit RGB
+SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def _rawmodes(img: Image.Image) -> list[str]:
+    modes = []
+    for tile in getattr(img, "tile", None) or []:
+        args = tile.args if hasattr(tile, "args") else tile[3]
+        modes.append(args if isinstance(args, str) else str(args[0]) if args else "")
+    return modes
+
+
+def _deep_colour(img: Image.Image) -> bool:
+    """Whether Pillow would decode this file's 16-bit colour samples to their high byte only."""
+    return len(img.getbands()) > 1 and any(";16" in m for m in _rawmodes(img))
+
+
+def _opaque(alpha: np.ndarray, full: int, name: str) -> None:
+    if alpha.min(initial=full) < full:
+        raise DataError(f"{name} has transparent pixels and the codec stores RGB only; flatten it onto a "
+                        "background first")
+
+
+def _round16(a: np.ndarray) -> np.ndarray:
+    return np.round(a.astype(np.float64) * (255 / 65535)).astype(np.uint8)
+
+
+def _read_png16(path: Path, name: str) -> np.ndarray:
+    """A 16-bit colour (or grey + alpha) PNG through pypng, which keeps all 16 bits."""
+    import png
+
+    try:
+        width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+        a = np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, info["planes"])
+    except (png.Error, ValueError, OSError) as exc:
+        raise DataError(f"{name} is not a readable PNG ({exc}); re-export it") from None
+    if info["alpha"]:
+        _opaque(a[:, :, -1], 65535, name)
+        a = a[:, :, :-1]
+    a = _round16(a)
+    return np.ascontiguousarray(np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a)
+
+
+def to_rgb8(img: Image.Image, name: str = "image") -> np.ndarray:
+    """Apply the module's rule to an opened Pillow image (16-bit colour excepted: see ``load_image``);
+    returns H×W×3 uint8."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        if img.mode == "I" and a.max(initial=0) <= 255:
+            a = a * 257  # "I" holding 8-bit data
+        return np.repeat(_round16(np.clip(a, 0, 65535))[:, :, None], 3, axis=2)
+    if img.mode == "F":
+        raise DataError(f"{name} holds floating-point pixels; convert it to an 8- or 16-bit image first")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in _ALPHA_MODES:
+        _opaque(np.asarray(img.getchannel("A")), 255, name)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _open(path: Path) -> Image.Image:
+    """Open ``path`` and check what can be checked before decoding: size and frame count."""
+    if not path.is_file():
+        raise DataError(f"no such image file: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"{path} declares more than {MAX_PIXELS:,} pixels; split it into smaller images") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path} is not a readable image ({exc}); give a PNG, JPEG or other Pillow format") from None
+    width, height = img.size
+    frames = getattr(img, "n_frames", 1)
+    problem = None
+    if width * height > MAX_PIXELS:
+        problem = (f"{path} is {width}×{height} = {width * height:,} pixels, above the limit of {MAX_PIXELS:,}; "
+                   "split it into smaller images")
+    elif width < 1 or height < 1:
+        problem = f"{path} has no pixels ({width}×{height}); give a real image"
+    elif frames > 1:
+        problem = (f"{path} holds {frames} frames (an animation or a multi-page file) and the codec stores one "
+                   "still image; extract the frame you want first")
+    if problem:
+        img.close()
+        raise DataError(problem)
+    return img
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file, read from its header, under the same checks as ``load_image``."""
+    with _open(Path(path)) as img:
+        return img.size
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file as H×W×3 uint8 under the module's rule."""
+    path = Path(path)
+    img = _open(path)
+    try:
+        with img:
+            if img.format == "PNG" and _deep_colour(img):
+                return _read_png16(path, str(path))
+            if _deep_colour(img):
+                raise DataError(f"{path} holds 16-bit colour that Pillow cannot read in full; "
+                                "convert it to a 16-bit PNG or to 8 bits first")
+            img.load()
+            return to_rgb8(ImageOps.exif_transpose(img), str(path))
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DataError(f"{path} is not a readable image ({exc}); re-export it") from None
+
+
+def save_png(path: str | Path, image: np.ndarray) -> Path:
+    """Save H×W×3 uint8 as PNG, atomically."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return write_atomic(path, buf.getvalue())
+
+
+def list_images(folder: str | Path, recursive: bool = False, suffixes: Sequence[str] = SUFFIXES) -> list[Path]:
+    """Image files in ``folder`` (with ``recursive``, in its sub-folders too), sorted."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"no such folder: {folder}")
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    files = sorted(p for p in found if p.suffix.lower() in suffixes and p.is_file())
+    if not files:
+        raise DataError(f"{folder} holds no images ({', '.join(suffixes)})")
+    return files
+
+
+def image_grid(rows: Sequence[np.ndarray], scale: int = 1, pad: int = 2) -> np.ndarray:
+    """Rows of N×3×H×W uint8 images (rows may be shorter than the longest) on a white H×W×3 canvas,
+    each pixel shown as a ``scale``×``scale`` block so small patches stay visible."""
+    height, width = rows[0].shape[2] * scale, rows[0].shape[3] * scale
+    columns = max(len(r) for r in rows)
+    canvas = np.full((len(rows) * (height + pad) + pad, columns * (width + pad) + pad, 3), 255, np.uint8)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            top, left = pad + r * (height + pad), pad + c * (width + pad)
+            canvas[top : top + height, left : left + width] = image.transpose(1, 2, 0).repeat(scale, 0).repeat(scale, 1)
+    return canvas

@@ -1,0 +1,152 @@
+"""What a sweep keeps in its folder (``STORAGE/NAME``, a local folder or a pyarrow URI): ``sweep.json``,
+and per trial the ``checkpoint_*`` folders holding ``state.pt`` and ``meta.json``. Reading and writing
+them, on any pyarrow filesystem, is done here only."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from rnncodec.data.errors import RnncodecError
+from rnncodec.data.files import write_atomic
+from rnncodec.data.remote import is_uri, open_filesystem
+from rnncodec.sweeps.spec import SweepError
+
+SWEEP_FILE = "sweep.json"
+TRIALS_FILE = "trials.json"  # the trials' states, written by the driver (trial_status.StatusWriter)
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+TRIAL_FORMAT = "rnncodec-trial"
+TRIAL_VERSION = 2
+_CHECKPOINT = re.compile(r"checkpoint_(\d+)")
+
+
+def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and path for a local folder or a URI (``s3://…``, ``gs://…``, ``file://…``),
+    tried once with a time limit."""
+    try:
+        return open_filesystem(location)
+    except RnncodecError as exc:
+        raise SweepError(f"storage: {exc}") from None
+
+
+def experiment_location(storage: str, name: str) -> str:
+    if is_uri(storage):
+        return f"{storage.rstrip('/')}/{name}"
+    return str(Path(storage).expanduser().resolve() / name)
+
+
+def read_json(fs: pafs.FileSystem, path: str) -> Any:
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read())
+
+
+def write_bytes(fs: pafs.FileSystem, path: str, body: bytes) -> None:
+    """Write a whole file: atomically on a local disk; object stores write whole objects anyway."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        write_atomic(path, body)
+    else:
+        with fs.open_output_stream(path) as f:
+            f.write(body)
+
+
+def check_writable(location: str) -> None:
+    """Write a probe file into the sweep folder (and remove it, with the folders made for it), so a bad
+    ``--storage`` fails before any work."""
+    fs, path = filesystem(location)
+    probe = f"{path}/.rnncodec-write-test"
+    made = []
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            missing = Path(path)
+            while not missing.exists() and missing != missing.parent:
+                made.append(missing)
+                missing = missing.parent
+        fs.create_dir(path, recursive=True)
+        write_bytes(fs, probe, b"")
+        fs.delete_file(probe)
+        for folder in made:
+            folder.rmdir()
+    except (OSError, RnncodecError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise SweepError(f"storage {location} is not writable ({first}); give --storage a folder or URI you "
+                         "can write to") from None
+
+
+def read_sweep_file(location: str) -> dict[str, Any]:
+    """``sweep.json`` of a sweep folder; SweepError when the folder is no sweep."""
+    fs, path = filesystem(location)
+    try:
+        stored = read_json(fs, f"{path}/{SWEEP_FILE}")
+    except (FileNotFoundError, OSError):
+        raise SweepError(f"{location} is not a sweep folder (no {SWEEP_FILE}); give the STORAGE/NAME folder "
+                         "that `rnncodec sweep run` printed") from None
+    except (ValueError, RecursionError) as exc:
+        raise SweepError(f"{location}/{SWEEP_FILE} is damaged ({exc}); the sweep cannot be resumed") from None
+    if not isinstance(stored, dict) or not isinstance(stored.get("spec"), dict) or not isinstance(stored.get("context"), dict):
+        raise SweepError(f"{location}/{SWEEP_FILE} is damaged (no spec or context); the sweep cannot be resumed")
+    return stored
+
+
+def write_sweep_file(location: str, content: dict[str, Any]) -> None:
+    fs, path = filesystem(location)
+    fs.create_dir(path, recursive=True)
+    write_bytes(fs, f"{path}/{SWEEP_FILE}", json.dumps(content, indent=2, sort_keys=True).encode())
+
+
+def checkpoint_index(folder: str) -> int:
+    """The number in ``checkpoint_000012`` (Tune counts its checkpoints of a trial from 0), or -1."""
+    m = _CHECKPOINT.fullmatch(folder.rstrip("/").rsplit("/", 1)[-1])
+    return int(m[1]) if m else -1
+
+
+def checkpoints(fs: pafs.FileSystem, trial_dir: str) -> list[tuple[int, str, dict[str, Any] | None]]:
+    """``(epoch, folder, meta)`` of the trial's checkpoint folders, newest epoch first; ``meta`` is the
+    folder's meta.json, or None (and the epoch -1) when it cannot be read."""
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
+    except (OSError, ValueError):
+        return []
+    found = []
+    for info in infos:
+        if info.type != pafs.FileType.Directory or checkpoint_index(info.path) < 0:
+            continue
+        try:
+            meta = read_json(fs, f"{info.path}/{META_FILE}")
+            epoch = int(meta["epoch"])
+        except Exception:  # noqa: BLE001 - any damage means: unknown, tried last
+            meta, epoch = None, -1
+        found.append((epoch, info.path, meta))
+    return sorted(found, key=lambda t: (t[0], checkpoint_index(t[1])), reverse=True)
+
+
+def is_complete(fs: pafs.FileSystem, folder: str, meta: dict[str, Any]) -> bool:
+    """Whether the state file has the size meta.json recorded: a copy into storage cut short by a
+    killed driver leaves meta.json whole but the state file short."""
+    return "state_bytes" not in meta or fs.get_file_info(f"{folder}/{STATE_FILE}").size == meta["state_bytes"]
+
+
+def read_state(fs: pafs.FileSystem, folder: str, key: str | None = None) -> dict[str, Any]:
+    """The trial state in checkpoint ``folder`` (loaded with ``weights_only=True``); SweepError saying
+    why when it cannot be used."""
+    import torch
+
+    try:
+        with fs.open_input_stream(f"{folder}/{STATE_FILE}") as f:
+            raw = f.readall()
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except (OSError, pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise SweepError(f"checkpoint {folder} is unreadable ({first})") from None
+    if not isinstance(state, dict) or state.get("format") != TRIAL_FORMAT or state.get("version") != TRIAL_VERSION:
+        raise SweepError(f"checkpoint {folder} is not an rnncodec trial checkpoint of version {TRIAL_VERSION}")
+    if key is not None and state.get("trial_key") != key:
+        raise SweepError(f"checkpoint {folder} belongs to another trial ({state.get('trial_key')}, not {key})")
+    return state
