@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from rnncodec.data.errors import DataError
+from rnncodec.data.reader import DEFAULT_MAX_MAPPED
 
-from rnncodec.data.errors import DataError  # noqa: E402  (after the path set-up)
-from rnncodec.data.reader import DEFAULT_MAX_MAPPED  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BATCH = 128
 SHARED = ROOT.parent / "shared" / "data" / "cifar10"
