@@ -34,7 +34,7 @@ def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     try:
         return open_filesystem(location)
     except RnncodecError as exc:
-        raise SweepError(f"storage: {exc}") from None
+        raise SweepError(str(exc)) from None
 
 
 def experiment_location(storage: str, name: str) -> str:

@@ -91,3 +91,65 @@ def test_train_can_start_from_a_checkpoint(trained, tmp_path):
     assert f"weights from {trained}" in result.stderr
     _fails_cleanly(run("train", "--data", "sample", "--out", str(tmp_path / "w.pt"), "--init", str(trained),
                        "--steps", "1", "--width", "0.25", "--cell", "gru"), "same cell and width")
+
+
+def _bomb_png(path: Path, side: int = 11_000) -> Path:
+    """A PNG whose header declares side×side pixels; its pixel data is never reached."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "a-folder", "proc"])
+def test_outputs_that_cannot_be_written_are_one_line_errors(trained, tmp_path, where):
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "in.png")
+    (tmp_path / "a-file").write_text("x")
+    out = {"under-a-file": tmp_path / "a-file" / "out", "a-folder": tmp_path,
+           "proc": Path("/proc/rnncodec-test/out")}[where]
+    words = "is a folder" if where == "a-folder" else "cannot write"
+    ck = ["--checkpoint", str(trained)]
+    _fails_cleanly(run("compress", str(tmp_path / "in.png"), str(out), *ck, "--iterations", "1"), words)
+    run("compress", str(tmp_path / "in.png"), str(tmp_path / "in.rnnc"), *ck, "--iterations", "1")
+    _fails_cleanly(run("decompress", str(tmp_path / "in.rnnc"), str(out), *ck), words)
+
+
+def test_image_bombs_and_animations_are_refused_before_decoding(trained, tmp_path):
+    _fails_cleanly(run("compress", str(_bomb_png(tmp_path / "bomb.png")), str(tmp_path / "x"), "--checkpoint",
+                       str(trained)), "split it into smaller images")
+    frames = [Image.fromarray(np.full((16, 16, 3), v, np.uint8)) for v in (0, 255)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    _fails_cleanly(run("compress", str(tmp_path / "anim.gif"), str(tmp_path / "x"), "--checkpoint", str(trained)),
+                   "holds 2 frames")
+    assert not (tmp_path / "x").exists()
+
+
+def test_arguments_out_of_range_are_refused_before_any_work(tmp_path):
+    usage = run("data", "info", str(tmp_path), "--samples", "-1")
+    assert usage.returncode == 2 and "must be a positive number" in usage.stderr and "Traceback" not in usage.stderr
+    _fails_cleanly(run("eval", "--images", str(tmp_path), "--out", str(tmp_path / "o"), "--iterations", "1-60000000"),
+                   "iterations must lie in 1..16")
+
+
+@pytest.mark.parametrize("storage, message", [
+    ("/proc/rnncodec-test", "is not writable"),
+    ("/dev/null/sweeps", "is not writable"),
+    ("gs://rnncodec-missing-bucket/x", "storage"),
+])
+def test_bad_storage_is_refused_before_data_is_prepared(tmp_path, monkeypatch, storage, message):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: t\ndata: {source: sample}\nfixed: {epochs: 1, steps_per_epoch: 1, width: 0.125}\n")
+    monkeypatch.setenv("RNNCODEC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RNNCODEC_STORAGE_TIMEOUT", "3")
+    result = run("sweep", "run", str(spec), "--storage", storage)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("checking storage") and len(lines) == 2, result.stderr  # says what it waits for
+    assert lines[1].startswith("rnncodec: error: ") and message in lines[1], result.stderr
+    assert not (tmp_path / "cache").exists()

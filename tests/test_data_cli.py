@@ -63,3 +63,15 @@ def test_subcommands_have_help(command, capsys):
     with pytest.raises(SystemExit) as done:
         main(["data", command, "--help"])
     assert done.value.code == 0 and "usage: rnncodec data " + command in capsys.readouterr().out
+
+
+def test_info_refuses_a_grid_it_cannot_write_in_one_line(tmp_path, capsys):
+    folder = tmp_path / "set"
+    assert main(["data", "prepare", "--source", "sample", "--out", str(folder), "--cache-dir", str(tmp_path)]) == 0
+    (tmp_path / "a-file").write_text("x")
+    for grid, words in ((tmp_path / "a-file" / "g.png", "cannot write"), (tmp_path, "is a folder"),
+                        (Path("/proc/rnncodec-test/g.png"), "cannot write")):
+        capsys.readouterr()
+        assert main(["data", "info", str(folder), "--no-verify", "--grid", str(grid)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("rnncodec: error: ") and words in err and "\n" not in err

@@ -1,0 +1,96 @@
+"""write_atomic: regular files replaced whole, symlinks followed, special files never replaced."""
+
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from rnncodec.data.files import FileError, check_file_name, write_atomic
+
+
+def test_a_regular_file_is_replaced_whole_and_keeps_its_mode(tmp_path):
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"old")
+    path.chmod(0o640)
+    assert write_atomic(path, b"new contents") == path
+    assert path.read_bytes() == b"new contents" and stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]  # no temporary file left behind
+    write_atomic(tmp_path / "new" / "deeper" / "f.txt", "text")
+    assert (tmp_path / "new" / "deeper" / "f.txt").read_text() == "text"
+
+
+def test_a_failing_writer_leaves_the_old_file(tmp_path):
+    path = tmp_path / "keep.bin"
+    path.write_bytes(b"old")
+
+    def half(handle):
+        handle.write(b"partial")
+        raise RuntimeError("writer failed")
+
+    with pytest.raises(RuntimeError):
+        write_atomic(path, half)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["keep.bin"]
+
+
+def test_a_symlink_is_followed_and_stays_a_link(tmp_path):
+    target = tmp_path / "target.bin"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.bin"
+    link.symlink_to(target)
+    write_atomic(link, b"through the link")
+    assert link.is_symlink() and target.read_bytes() == b"through the link"
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "created-by-write")
+    write_atomic(dangling, b"x")
+    assert dangling.is_symlink() and (tmp_path / "created-by-write").read_bytes() == b"x"
+
+
+def test_character_devices_are_written_through_not_replaced():
+    write_atomic("/dev/null", b"discarded")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    if Path("/dev/full").exists():
+        with pytest.raises(FileError, match="/dev/full") as info:
+            write_atomic("/dev/full", b"x" * 10)
+        assert "\n" not in str(info.value)
+        assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+
+
+def test_a_fifo_is_written_through_and_never_blocks_without_a_reader(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(FileError, match="nothing reads the FIFO"):
+        write_atomic(fifo, b"nobody listens")
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    for _ in range(200):  # wait until the reader has the FIFO open
+        try:
+            write_atomic(fifo, b"hello")
+            break
+        except FileError:
+            threading.Event().wait(0.01)
+    reader.join(10)
+    assert received == [b"hello"] and stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+@pytest.mark.parametrize("where, words", [
+    ("folder", "is a folder"),
+    ("under-a-file", "cannot write"),
+    ("proc", "cannot write"),
+])
+def test_impossible_outputs_are_one_line_errors(tmp_path, where, words):
+    (tmp_path / "a-file").write_text("x")
+    path = {"folder": tmp_path, "under-a-file": tmp_path / "a-file" / "out.png",
+            "proc": Path("/proc/rnncodec-test/out.png")}[where]
+    with pytest.raises(FileError, match=words) as info:
+        write_atomic(path, b"data")
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["/etc/hostname", "../x.arrow", "a/b.arrow", ".hidden", "", "..", "a\\b", 7, None])
+def test_file_names_from_files_must_be_plain(name):
+    with pytest.raises(Exception, match="not a plain file name"):
+        check_file_name(name, "shard file")
+    assert check_file_name("train-00000.arrow", "shard file") == "train-00000.arrow"
