@@ -116,3 +116,21 @@ def test_the_other_losses_train_too(loss, factor):
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = [train_step(model, optimizer, pixels, iterations=2, loss=loss) for _ in range(150)]
     assert sum(losses[-10:]) / 10 < losses[0] / factor, (losses[0], losses[-10:])
+
+
+def test_trainer_builds_the_configured_optimizer_schedule_and_determinism():
+    from rnncodec.codec.training import TrainConfig, Trainer
+
+    model = RNNCodec(CodecConfig(width=0.125))
+    try:
+        trainer = Trainer(model, TrainConfig(optimizer="sgd", lr=0.1, lr_schedule="step", total_steps=3,
+                                             deterministic=True))
+        assert torch.are_deterministic_algorithms_enabled()
+        assert isinstance(trainer.optimizer, torch.optim.SGD)
+        trainer.run(iter([_smooth_batch()] * 3), 3)
+        assert trainer.steps == 3 and trainer.samples_seen == 12 and trainer.lr == pytest.approx(0.01)
+    finally:
+        Trainer(model, TrainConfig())
+    assert not torch.are_deterministic_algorithms_enabled()
+    with pytest.raises(CodecError, match="optimizer 'lion'"):
+        TrainConfig(optimizer="lion")

@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 
 from rnncodec.data import sample_images  # noqa: E402
 from rnncodec.sweeps import runner  # noqa: E402
-from rnncodec.sweeps.results import collect, status_table, write_report  # noqa: E402
+from rnncodec.sweeps.results import best_per_configuration, collect, status_table, write_report  # noqa: E402
 from rnncodec.sweeps.spec import parse_spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,9 +98,9 @@ def test_failing_trials_are_retried_from_their_checkpoints_and_logged(cluster, t
     assert "batch_size 8 vs 16" in (out / "summary.md").read_text()
 
 
-def _driver(args, log):
+def _driver(args, log, cwd=ROOT):
     cmd = [sys.executable, "-m", "rnncodec.sweeps.cli", "sweep", *args]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _progress(location):
@@ -170,3 +170,33 @@ def test_resume_continues_errored_trials_from_their_checkpoints(cluster, tmp_pat
     _, (trial,) = collect(first["location"])
     assert trial["status"] == "TERMINATED" and epochs_of(trial) == [1, 2]
     assert trial["history"][1]["resumed_from_epoch"] == 1
+
+
+def test_a_sweep_runs_from_a_folder_of_hostile_modules_and_reports_its_best_checkpoint(cluster, tmp_path):
+    """Ray puts the driver's working folder on every worker's sys.path: a user's data.py or codec.py there
+    must not shadow rnncodec. The sweep ranks by a metric that is best early (the largest validation
+    loss), keeps one checkpoint, and the report must use the best one, not the newest."""
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("data.py", "codec.py", "sweeps.py"):
+        (work / name).write_text('raise ImportError("user file")\n')
+    raw = spec_dict(tmp_path, "hostile", epochs=3)
+    raw.update(axes={}, metric="val/loss", mode="max", keep_checkpoints=1)
+    raw["fixed"]["batch_size"] = 8
+    (work / "s.yaml").write_text(yaml.safe_dump(raw))
+    with open(tmp_path / "driver.log", "w") as log:
+        driver = _driver(["run", "s.yaml", "--address", cluster], log, cwd=work)
+        try:
+            assert driver.wait(timeout=300) == 0, (tmp_path / "driver.log").read_text()
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+    spec, (trial,) = collect(str(tmp_path / "sweeps" / "hostile"))
+    assert trial["status"] == "TERMINATED" and epochs_of(trial) == [1, 2, 3]
+    losses = {h["epoch"]: h["val/loss"] for h in trial["history"]}
+    best = max(losses, key=losses.get)
+    ((_, folder),) = best_per_configuration(spec, [trial]).values()
+    assert folder == trial["checkpoints"][best]
+    assert best != 3 and folder != trial["checkpoint"]  # Tune kept the best and the newest; the best is used
+    report = write_report(str(tmp_path / "sweeps" / "hostile"))
+    assert "reconstructions.png" in report["figures"]

@@ -157,3 +157,105 @@ def test_sweep_commands_parse_and_report_a_missing_folder(tmp_path):
         args = parser.parse_args(["sweep", command, str(tmp_path)])
         with pytest.raises(SweepError, match="is not a sweep folder"):
             args.func(args)
+
+
+BILLION_LAUGHS = """name: bomb
+data: {source: sample}
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+fixed: {epochs: *h}
+"""
+
+
+@pytest.mark.parametrize("content, match", [
+    (BILLION_LAUGHS, "expands to more than 100,000 values through YAML aliases"),
+    ("name: t\ndata: {source: sample}\nfixed: &x {epochs: 2, lr: *x}\n", "refers to a value that contains it"),
+    ("name: t\ndata: {source: sample}\nfixed: {epochs: 2}\nfixed: {epochs: 3}\n", "line 4: the key 'fixed' is given twice"),
+    ("name: t\ndata: {source: sample}\nfixed: {epochs: 2, epochs: 3}\n", "the key 'epochs' is given twice"),
+    ("name: t\ndata: {source: sample}\nfixed: " + "[" * 5000 + "]" * 5000 + "\n", "YAML|deeply"),
+])
+def test_hostile_yaml_is_refused_quickly_in_one_line(tmp_path, content, match):
+    path = tmp_path / "s.yaml"
+    path.write_text(content)
+    with pytest.raises(SweepError, match=match) as info:
+        load_spec(path)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400
+
+
+def test_yaml_merge_keys_may_override_what_they_merge(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: t\ndata: {source: sample}\nbase: &base {epochs: 2, lr: 0.001}\n")
+    with pytest.raises(SweepError, match="unknown key 'base'"):
+        load_spec(path)  # the anchor must live somewhere the schema allows: here it does not
+    path.write_text("name: t\ndata: {source: sample}\nfixed: {<<: {epochs: 2, lr: 0.001}, lr: 0.002}\n")
+    assert load_spec(path).fixed["lr"] == 0.002
+
+
+def test_a_huge_grid_is_counted_not_listed():
+    axes = {"lr": [1e-4 * (i + 1) for i in range(2000)], "width": [0.1 * (i + 1) for i in range(40)],
+            "batch_size": list(range(1, 101))}
+    message = error(minimal(axes=axes, repeats=1000))
+    assert "8,000,000,000 trials" in message and "split the sweep" in message
+    assert parse_spec(minimal(axes={"batch_size": [8, 16]}, repeats=3)).trial_count() == 6
+
+
+def test_per_iteration_metrics_are_checked_against_every_trial():
+    message = error(minimal(axes={"iterations": [2, 4]}, metric="val/psnr_i3"))
+    assert "iterations=2 report only _i1.._i2" in message
+    assert parse_spec(minimal(axes={"iterations": [2, 4]}, metric="val/psnr_i2")).metric == "val/psnr_i2"
+    assert parse_spec(minimal(metric="val/ms_ssim_i1")).metric == "val/ms_ssim_i1"
+
+
+def test_test_hooks_are_not_part_of_the_sweep_schema():
+    assert "unknown key 'test_fail_after_epoch'" in error(minimal(fixed={"test_fail_after_epoch": 1}))
+    assert parse_spec(minimal(fixed={"deterministic": True})).fixed["deterministic"] is True
+
+
+def _mutations(text: str, rng) -> bytes:
+    """One random damage to a sweep file: flipped bytes, a cut, a duplicated or deleted line, a value
+    replaced by a hostile one, or nested junk."""
+    lines = text.splitlines()
+    kind = rng.integers(6)
+    if kind == 0:
+        data = bytearray(text.encode())
+        for pos in rng.integers(0, len(data), rng.integers(1, 5)):
+            data[pos] = rng.integers(0, 256)
+        return bytes(data)
+    if kind == 1:
+        return text.encode()[: rng.integers(0, len(text))]
+    i = rng.integers(len(lines))
+    if kind == 2:
+        lines.insert(i, lines[i])
+    elif kind == 3:
+        del lines[i]
+    elif kind == 4 and ":" in lines[i]:
+        junk = ["-1", "1e309", "[]", "{}", "null", "true", "'x' * 3", "[[[[[]]]]]", "999999999999999999999",
+                "!!python/object:os.system {}", "&a [*a]", "0x10", "{a: {b: {c: {d: 1}}}}", "'folder:..'"]
+        lines[i] = lines[i].split(":", 1)[0] + ": " + junk[rng.integers(len(junk))]
+    else:
+        lines.insert(i, "  " * rng.integers(0, 3) + f"k{rng.integers(9)}: [{', '.join(['{x: 1}'] * 3)}]")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_fuzzed_sweep_files_load_or_are_refused_in_one_line(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(2026)
+    texts = [(SWEEPS / f).read_text() for f in ("demo.yaml", "paper.yaml", "iterations.yaml")]
+    path = tmp_path / "s.yaml"
+    outcomes = {"loaded": 0, "refused": 0}
+    for case in range(600):
+        path.write_bytes(_mutations(texts[case % 3], rng))
+        try:
+            load_spec(path)
+            outcomes["loaded"] += 1
+        except SweepError as exc:
+            assert "\n" not in str(exc) and len(str(exc)) < 600, str(exc)
+            outcomes["refused"] += 1
+    assert outcomes["loaded"] > 50 and outcomes["refused"] > 200, outcomes

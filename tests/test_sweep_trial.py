@@ -1,6 +1,8 @@
 """One trial without Ray: exact resume, unreadable checkpoints, W&B offline runs."""
 
+import json
 import shutil
+import struct
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -8,7 +10,8 @@ import pytest
 
 from rnncodec import data
 from rnncodec.sweeps.spec import parse_spec, trial_key
-from rnncodec.sweeps.trainable import InjectedFailure, checkpoints, run_trial
+from rnncodec.sweeps.storage import checkpoints
+from rnncodec.sweeps.trainable import InjectedFailure, quality_metrics, run_trial
 
 LOCAL = pafs.LocalFileSystem()
 
@@ -106,12 +109,8 @@ def test_checkpoint_of_another_trial_is_not_used(tmp_path, prepared, params):
     assert trial.metrics[-1]["resumed_from_epoch"] == -1
 
 
-def test_wandb_offline_run_keeps_its_id_across_resume(tmp_path, prepared, params, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
-        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
-    settings = {"mode": "offline", "project": "rnncodec-test", "entity": None, "group": "g",
-                "images_every": 1, "images": 4, "dir": str(tmp_path / "wb")}
+def test_wandb_offline_run_keeps_its_id_across_resume(tmp_path, prepared, params, wandb_offline):
+    settings = {**wandb_offline, "images_every": 1}
     trial = Folder(tmp_path / "trial")
     short = {**params, "epochs": 2}
     run_id = f"abcd-{trial_key(short, 0)}"
@@ -122,6 +121,89 @@ def test_wandb_offline_run_keeps_its_id_across_resume(tmp_path, prepared, params
     # W&B names the folders offline-run-<time>-<id>, adding "-1" when both start in the same second
     assert len(runs) == 2 and all(f"-{run_id}" in r.name for r in runs)
     assert all((r / f"run-{run_id}.wandb").stat().st_size > 0 for r in runs)
+
+
+def wandb_history(path: Path) -> list[dict]:
+    """The history rows of an offline W&B run file (its LevelDB-style log of protobuf records)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    raw, pos, bodies, pending = path.read_bytes(), 7, [], b""
+    assert raw[:4] == b":W&B"
+    while pos + 7 <= len(raw):
+        room = 32768 - pos % 32768
+        if room < 7:
+            pos += room
+            continue
+        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7])
+        body, pos = raw[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):
+            bodies.append(pending + body)
+            pending = b""
+        elif kind in (2, 3):
+            pending += body
+        elif kind == 0:
+            pos += room - 7 - length
+    rows = []
+    for body in bodies:
+        record = pb.Record()
+        record.ParseFromString(body)
+        if record.WhichOneof("record_type") == "history":
+            items = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            rows.append({"step": record.history.step.num, **items})
+    return rows
+
+
+@pytest.fixture
+def wandb_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
+    return {"mode": "offline", "project": "rnncodec-test", "entity": None, "group": "g", "images_every": 0,
+            "images": 4, "dir": str(tmp_path / "wb")}
+
+
+def _attempts(folder: Path) -> list[list[dict]]:
+    """History rows of each offline run under ``folder``, in the order the runs were made."""
+    runs = [wandb_history(p) for p in folder.glob("wandb/offline-run-*/run-*.wandb")]
+    return sorted((r for r in runs if r), key=lambda rows: rows[0]["_timestamp"])
+
+
+def test_wandb_continues_the_curve_after_falling_back_to_an_older_checkpoint(tmp_path, prepared, params,
+                                                                              wandb_offline):
+    trial = Folder(tmp_path / "trial")
+    run_id = f"abcd-{trial_key(params, 0)}"
+    trial.run(params, data=prepared, wandb_settings=wandb_offline, run_id=run_id)
+    newest = checkpoints(LOCAL, str(trial.path))[0][1]
+    for name in ("state.pt", "meta.json"):
+        (Path(newest) / name).write_bytes(b"damaged")  # epoch 3's checkpoint is lost, meta and all
+    trial.run(params, data=prepared, wandb_settings=wandb_offline, run_id=run_id, warn=lambda _: None)
+    first, second = _attempts(Path(wandb_offline["dir"]))
+    assert [(r["step"], r["epoch"]) for r in first] == [(1, 1), (2, 2), (3, 3)]
+    # W&B keeps a row only if its step exceeds every step it already holds for the run
+    kept, top = [], 0
+    for row in first + second:
+        if row["step"] > top:
+            kept.append(row)
+            top = row["step"]
+    assert [r["epoch"] for r in kept] == [1, 2, 3, 3]  # the epoch trained again reaches the dashboard
+    assert kept[-1]["val/psnr"] == trial.metrics[-1]["val/psnr"] and kept[-1]["resumed_from_epoch"] == 2
+
+
+def test_wandb_gets_an_epoch_only_after_its_checkpoint_is_stored(tmp_path, prepared, params, wandb_offline):
+    def report(metrics, folder):
+        if metrics["epoch"] == 2:
+            raise OSError("storage went away")
+
+    with pytest.raises(OSError):
+        run_trial(params, 0, data_location=prepared, report=report, wandb_settings=wandb_offline, run_id="abcd-x")
+    (rows,) = _attempts(Path(wandb_offline["dir"]))
+    assert [r["epoch"] for r in rows] == [1]
+
+
+def test_every_iteration_is_reported_even_the_first_of_one():
+    q = {"psnr": [20.0], "ms_ssim": [0.5], "residual": [0.1]}
+    assert {"val/psnr_i1", "val/ms_ssim_i1", "val/residual_i1", "val/psnr"} <= set(quality_metrics("val", q))
+    assert "val/psnr_i2" in quality_metrics("val", {k: v * 2 for k, v in q.items()})
 
 
 def test_wandb_trouble_never_stops_a_trial(tmp_path, monkeypatch, capsys):
