@@ -3,6 +3,11 @@
 The batches are Python 2 pickles. They are unpickled only once their md5 matches the officially
 published sums, or when the caller passed ``accept_unverified=True`` (``--accept-unverified``), and
 even then with an unpickler that resolves nothing but the numpy array constructors.
+
+An archive is read as one gzip stream, to its end, where the gzip CRC is checked. Every needed file is
+refused from its tar header when it declares more than 1.25 × its official size, and the archive when
+its files declare more than all of those together or number more than ``MAX_MEMBERS``, so a gzip bomb
+is refused before it is unpacked; files are hashed in blocks, and held whole only to be unpickled.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import pickle
 import tarfile
 import warnings
@@ -18,16 +24,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from rnncodec.data.errors import DataError
+from rnncodec.data.errors import DataError, shown
 from rnncodec.data.files import file_digest
 from rnncodec.data.progress import progress_bar
 from rnncodec.data.shards import IMAGE_BYTES, Rows
 
 FLAG = "--accept-unverified"
 CHUNK = 10_000
+BLOCK = 1 << 20
+MAX_MEMBERS = 64  # the official archives hold 8 (CIFAR-10) and 5 (CIFAR-100)
+MAX_EXTENDED = 1 << 16  # a pax header or GNU long name, which tarfile reads whole into memory
+_EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+             tarfile.GNUTYPE_LONGLINK)
 
 
 @dataclass(frozen=True)
@@ -44,9 +56,19 @@ class Layout:
     test: tuple[str, ...]
     meta: str
     md5: dict[str, str]
+    sizes: dict[str, int]  # bytes of each official member, rounded
     label_keys: tuple[str, ...]  # fine label first; CIFAR-100 adds the coarse one
     class_keys: tuple[str, ...]
     classes: tuple[int, ...]
+
+    def limit(self, name: str) -> int:
+        """The most bytes member ``name`` may hold: 1.25 × its official size, at least 64 KiB."""
+        return max(self.sizes[name] * 5 // 4, 1 << 16)
+
+    @property
+    def budget(self) -> int:
+        """The most bytes a whole archive may unpack to: every member at its limit, and 1 MiB more."""
+        return sum(self.limit(name) for name in self.sizes) + BLOCK
 
 
 CIFAR10 = Layout(
@@ -68,6 +90,7 @@ CIFAR10 = Layout(
         "test_batch": "40351d587109b95175f43aff81a1287e",
         "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
     },
+    sizes={**{f"data_batch_{i}": 31_036_000 for i in range(1, 6)}, "test_batch": 31_036_000, "batches.meta": 158},
     label_keys=("labels",),
     class_keys=("label_names",),
     classes=(10,),
@@ -88,6 +111,7 @@ CIFAR100 = Layout(
         "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
         "meta": "7973b15100ade9c7d40fb424638fde48",
     },
+    sizes={"train": 155_250_000, "test": 31_050_000, "meta": 1_760},
     label_keys=("fine_labels", "coarse_labels"),
     class_keys=("fine_label_names", "coarse_label_names"),
     classes=(100, 20),
@@ -114,6 +138,47 @@ def locate(layout: Layout, root: Path) -> Path:
 
 def _md5(payload: bytes) -> str:
     return hashlib.md5(payload, usedforsecurity=False).hexdigest()
+
+
+def _read(handle: BinaryIO, limit: int, keep: bool) -> tuple[str, bytes]:
+    """The md5 of what ``handle`` holds (at most ``limit + 1`` bytes), and those bytes when ``keep``;
+    without ``keep`` they are hashed block by block and dropped."""
+    if keep:
+        payload = handle.read(limit + 1)
+        return _md5(payload), payload
+    digest, left = hashlib.md5(usedforsecurity=False), limit + 1
+    while left > 0 and (block := handle.read(min(BLOCK, left))):
+        digest.update(block)
+        left -= len(block)
+    return digest.hexdigest(), b""
+
+
+class _Budget:
+    """A stream that raises ``refusal`` rather than give more than ``limit`` bytes in all."""
+
+    def __init__(self, stream: BinaryIO, limit: int, refusal: DataError) -> None:
+        self.stream, self.left, self.refusal = stream, limit, refusal
+
+    def read(self, size: int = -1) -> bytes:
+        block = self.stream.read(self.left + 1 if size < 0 else min(size, self.left + 1))
+        self.left -= len(block)
+        if self.left < 0:
+            raise self.refusal
+        return block
+
+
+class _TarHeader(tarfile.TarInfo):
+    """A tar header that refuses, before tarfile reads them into memory, an extended header (pax, GNU
+    long name) above ``MAX_EXTENDED`` and the sparse-file maps no CIFAR archive holds."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+        header = super().frombuf(buf, encoding, errors)
+        if header.type == tarfile.GNUTYPE_SPARSE:
+            raise tarfile.HeaderError("a sparse file")
+        if header.type in _EXTENDED and header.size > MAX_EXTENDED:
+            raise tarfile.HeaderError(f"a {header.size:,}-byte extended header")
+        return header
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -155,30 +220,62 @@ class CifarArchive:
     def _needed(self) -> tuple[str, ...]:
         return (*self.layout.train, *self.layout.test, self.layout.meta)
 
-    def _members(self) -> Iterator[tuple[str, bytes]]:
-        """Yield (file name, bytes) of every needed file, from the tar stream or the folder."""
-        needed = set(self._needed)
-        if self.location.is_dir():
-            for name in self._needed:
-                path = self.location / name
-                if not path.is_file():
-                    raise DataError(
-                        f"{self.location} lacks {name}: it is not a complete {self.layout.folder}/ folder; "
-                        "extract the archive again"
-                    )
-                yield name, path.read_bytes()
+    def _members(self, keep: bool) -> Iterator[tuple[str, str, bytes]]:
+        """Yield (file name, md5, bytes when ``keep``) of every needed file, from the archive or the folder;
+        no file above its layout's limit is read."""
+        if self.location.is_file():
+            yield from self._archive_members(keep)
             return
+        for name in self._needed:
+            path = self.location / name
+            if not path.is_file():
+                raise DataError(
+                    f"{self.location} lacks {name}: it is not a complete {self.layout.folder}/ folder; "
+                    "extract the archive again"
+                )
+            with open(path, "rb") as handle:
+                self._check_size(name, name, os.fstat(handle.fileno()).st_size)
+                yield name, *_read(handle, self.layout.limit(name), keep)
+
+    def _check_size(self, name: str, label: str, size: int) -> None:
+        if size > self.layout.limit(name):
+            raise DataError(
+                f"{self.location}: {shown(label)} is {size:,} bytes, more than the {self.layout.limit(name):,} an "
+                f"official {self.layout.title} {name} could be; it is damaged or hostile, download "
+                f"{self.layout.archive} again"
+            )
+
+    def _archive_members(self, keep: bool) -> Iterator[tuple[str, str, bytes]]:
+        """The needed files of the ``.tar.gz``, each bounded by the size in its tar header before it is read;
+        the files not needed are skipped, and the gzip stream is read to its end, where its CRC is checked."""
+        needed, declared, budget = set(self._needed), 0, self.layout.budget
+        too_large = DataError(f"{self.location} holds more than {budget:,} bytes, which no {self.layout.title} "
+                              f"archive does; it is damaged or hostile, download {self.layout.archive} again")
         try:
-            with tarfile.open(self.location, mode="r|gz") as tar:
-                for member in tar:
-                    parent, _, name = member.name.rpartition("/")
-                    if member.isfile() and name in needed and parent.rpartition("/")[2] == self.layout.folder:
-                        needed.discard(name)
-                        yield name, tar.extractfile(member).read()
+            with gzip.open(self.location, "rb") as packed:
+                stream = _Budget(packed, budget, too_large)
+                with tarfile.open(fileobj=stream, mode="r|", tarinfo=_TarHeader) as tar:
+                    for count, member in enumerate(tar, 1):
+                        if count > MAX_MEMBERS:
+                            raise DataError(f"{self.location} holds more than {MAX_MEMBERS} files, which no "
+                                            f"{self.layout.title} archive does; download {self.layout.archive} again")
+                        parent, _, name = member.name.rpartition("/")
+                        wanted = member.isfile() and name in needed and parent.rpartition("/")[2] == self.layout.folder
+                        if wanted:
+                            self._check_size(name, member.name, member.size)
+                        declared += member.size
+                        if declared > budget:
+                            raise too_large
+                        if wanted:
+                            needed.discard(name)
+                            yield name, *_read(tar.extractfile(member), self.layout.limit(name), keep)
+                while stream.read(BLOCK):
+                    pass
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
             raise DataError(
-                f"{self.location} is truncated or not a gzip tar ({exc}); download {self.layout.archive} again"
-            ) from exc
+                f"{self.location} is truncated, damaged or not a gzip tar ({shown(str(exc))}); "
+                f"download it again ({self.layout.url})"
+            ) from None
         if needed:
             raise DataError(
                 f"{self.location} lacks {', '.join(sorted(needed))}: it is not the {self.layout.title} "
@@ -192,8 +289,8 @@ class CifarArchive:
             return {**identity, "official": True}
         with progress_bar(f"checking {self.layout.title} md5 sums", len(self._needed)) as advance:
             digests = {}
-            for name, payload in self._members():
-                digests[name] = _md5(payload)
+            for name, digest, _ in self._members(keep=False):
+                digests[name] = digest
                 advance(1)
         wrong = sorted(n for n, d in digests.items() if d != self.layout.md5[n])
         if not wrong:
@@ -205,10 +302,8 @@ class CifarArchive:
             )
         return {**identity, "official": False, "md5": digests}
 
-    def _unpickle(self, name: str, payload: bytes) -> dict:
-        expected = self.fingerprint.get("md5", self.layout.md5)
-        tar_verified = self.fingerprint["official"] and self.location.is_file()
-        if not tar_verified and _md5(payload) != expected[name]:
+    def _unpickle(self, name: str, digest: str, payload: bytes) -> dict:
+        if digest != self.fingerprint.get("md5", self.layout.md5)[name]:
             raise DataError(f"{self.location}: {name} changed while being read; prepare again")
         try:
             batch = _ArrayUnpickler(io.BytesIO(payload), encoding="latin1").load()
@@ -243,8 +338,8 @@ class CifarArchive:
         """{"train": Split, "val": Split, "classes": {key: [names]}} read from the archive."""
         parsed, classes = {}, {}
         with progress_bar(f"reading {self.layout.title}", len(self._needed)) as advance:
-            for name, payload in self._members():
-                batch = self._unpickle(name, payload)
+            for name, digest, payload in self._members(keep=True):
+                batch = self._unpickle(name, digest, payload)
                 if name == self.layout.meta:
                     classes = {key: [str(c) for c in batch.get(key, ())] for key in self.layout.class_keys}
                 else:

@@ -111,11 +111,19 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
+def _encodable(name: str) -> bool:
+    try:
+        return len(os.fsencode(name)) <= 240  # room for ".NAME.part" and the like
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+
+
 def check_file_name(name: Any, what: str) -> str:
-    """``name`` if it is a plain file name (no folder part, no ``..``, not hidden), else RnncodecError:
-    names read from files (manifests, archives) must never reach outside their folder."""
+    """``name`` if it is a plain file name (no folder part, no ``..``, not hidden) that the filesystem can
+    hold, else RnncodecError: names read from files (manifests, archives) must never reach outside their
+    folder."""
     if (not isinstance(name, str) or not name or name in (".", "..") or name.startswith(".")
-            or "/" in name or "\\" in name or "\0" in name or len(name) > 255):
+            or "/" in name or "\\" in name or "\0" in name or not _encodable(name)):
         shown = repr(name)[:80]
         raise RnncodecError(f"{what} {shown} is not a plain file name inside its folder; the file is damaged "
                             "or hostile, do not use it")

@@ -3,20 +3,24 @@ writing, folder listings and image grids.
 
 The rule: the EXIF orientation is applied (the image as viewers show it); greyscale, palette, CMYK and
 other colour modes are converted to RGB; 16-bit samples, grey or colour, are rounded to 8 bits
-(v · 255 / 65535); an alpha channel is dropped when every pixel is opaque and refused otherwise (the
-codec stores RGB only); floating-point images, animations and multi-page files are refused, and so is
-any image above ``MAX_PIXELS`` (checked from the header, before a single pixel is decoded).
+(v · 255 / 65535; Pillow's 32-bit "I" mode, which its decoders give 16-bit PGM files, counts as 16-bit);
+an alpha channel or a transparent colour (PNG tRNS, GIF) is dropped when every pixel is opaque and
+refused otherwise (the codec stores RGB only); floating-point images, animations and multi-page files
+are refused, and so is any image above ``MAX_PIXELS`` (checked from the header, before a single pixel
+is decoded).
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import warnings
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from rnncodec.data.errors import DataError
 from rnncodec.data.files import write_atomic
@@ -24,6 +28,11 @@ from rnncodec.data.files import write_atomic
 MAX_PIXELS = 1 << 26  # 67 megapixels: an 8192×8192 image; 192 MB as 8-bit RGB
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_TRANSPOSE = {  # EXIF orientation: the turn that shows the image as viewers do (as ImageOps.exif_transpose)
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def _rawmodes(img: Image.Image) -> list[str]:
@@ -45,38 +54,56 @@ def _opaque(alpha: np.ndarray, full: int, name: str) -> None:
                         "background first")
 
 
-def _round16(a: np.ndarray) -> np.ndarray:
-    return np.round(a.astype(np.float64) * (255 / 65535)).astype(np.uint8)
+def _round(a: np.ndarray, top: int = 65535) -> np.ndarray:
+    """Samples in 0..``top`` rounded to 8 bits."""
+    return np.round(a.astype(np.float64) * (255 / top)).astype(np.uint8)
 
 
-def _read_png16(path: Path, name: str) -> np.ndarray:
-    """A 16-bit colour (or grey + alpha) PNG through pypng, which keeps all 16 bits."""
+def _read_png16(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A 16-bit colour (or grey + alpha) PNG through pypng, which keeps all 16 bits; ``size`` is the one
+    Pillow read from the header and checked."""
     import png
 
     try:
         width, height, rows, info = png.Reader(filename=str(path)).asDirect()
-        a = np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, info["planes"])
-    except (png.Error, ValueError, OSError) as exc:
-        raise DataError(f"{name} is not a readable PNG ({exc}); re-export it") from None
+        if (width, height) != size:
+            raise DataError(f"{path} changed while being read; read it again")
+        a = np.empty((height, width * info["planes"]), np.uint16)
+        done = 0
+        for row in itertools.islice(rows, height):
+            a[done] = row
+            done += 1
+        if done < height:
+            raise png.FormatError(f"{done} rows of {height}")
+    except (png.Error, ValueError, OSError, zlib.error) as exc:
+        raise DataError(f"{path} is not a readable PNG ({exc}); re-export it") from None
+    a = a.reshape(height, width, info["planes"])
+    top = (1 << info["bitdepth"]) - 1  # below 65535 when an sBIT chunk names fewer significant bits
     if info["alpha"]:
-        _opaque(a[:, :, -1], 65535, name)
+        _opaque(a[:, :, -1], top, str(path))
         a = a[:, :, :-1]
-    a = _round16(a)
+    a = _round(a, top)
     return np.ascontiguousarray(np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a)
+
+
+def _oriented(rgb: np.ndarray, img: Image.Image) -> np.ndarray:
+    """``rgb``, decoded from ``img``'s file, turned by the file's EXIF orientation."""
+    method = _TRANSPOSE.get(img.getexif().get(ExifTags.Base.Orientation))
+    return rgb if method is None else np.asarray(Image.fromarray(rgb).transpose(method))
 
 
 def to_rgb8(img: Image.Image, name: str = "image") -> np.ndarray:
     """Apply the module's rule to an opened Pillow image (16-bit colour excepted: see ``load_image``);
     returns H×W×3 uint8."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        a = np.asarray(img, dtype=np.float64)
-        if img.mode == "I" and a.max(initial=0) <= 255:
-            a = a * 257  # "I" holding 8-bit data
-        return np.repeat(_round16(np.clip(a, 0, 65535))[:, :, None], 3, axis=2)
     if img.mode == "F":
         raise DataError(f"{name} holds floating-point pixels; convert it to an 8- or 16-bit image first")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        grey = np.asarray(img, dtype=np.float64)
+        if "transparency" in img.info:  # a transparent grey level
+            _opaque(np.asarray(grey != img.info["transparency"], np.uint8), 1, name)
+        return np.repeat(_round(np.clip(grey, 0, 65535))[:, :, None], 3, axis=2)
+    if "transparency" in img.info:  # a transparent colour or palette entry
+        _opaque(np.asarray(img.convert("RGBA").getchannel("A")), 255, name)
     if img.mode in _ALPHA_MODES:
         _opaque(np.asarray(img.getchannel("A")), 255, name)
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
@@ -124,7 +151,7 @@ def load_image(path: str | Path) -> np.ndarray:
     try:
         with img:
             if img.format == "PNG" and _deep_colour(img):
-                return _read_png16(path, str(path))
+                return _oriented(_read_png16(path, img.size), img)
             if _deep_colour(img):
                 raise DataError(f"{path} holds 16-bit colour that Pillow cannot read in full; "
                                 "convert it to a 16-bit PNG or to 8 bits first")

@@ -97,7 +97,8 @@ def fetch(uri: str, cache_dir: str | Path | None = None) -> Path:
         raise DataError(f"{uri}/{MANIFEST} is larger than {MAX_MANIFEST_BYTES >> 20} MB, which no manifest is")
     manifest = parse_manifest(manifest_bytes, f"{uri}/{MANIFEST}", "give the URI of a prepared folder")
     tag = hashlib.sha256(uri.encode() + manifest_bytes).hexdigest()[:12]
-    local = Path(cache_dir or cache.default_cache_dir()).expanduser() / "remote" / f"{manifest['name']}-{tag}"
+    name = manifest["name"][:48]  # a readable prefix: the lock and build folders beside it add to its length
+    local = Path(cache_dir or cache.default_cache_dir()).expanduser() / "remote" / f"{name}-{tag}"
     shards = [s for entry in manifest["splits"].values() for s in entry["shards"]]
 
     def copy(tmp: Path) -> None:

@@ -157,27 +157,35 @@ def _count(value: object) -> bool:
 
 
 def parse_manifest(raw: bytes, where: str, fix: str) -> dict:
-    """A manifest from its bytes, checked for format and shape before anything trusts it: every shard
-    is a plain file name of its folder with a row count, a size and a sha256."""
+    """A manifest from its bytes, checked for format and shape before anything trusts it: a plain name and
+    a key; splits among ``SPLITS``, each with its row count and shards; every shard a plain file name of
+    its folder with a row count, a size and a sha256, the rows adding up to the split's."""
     try:
         manifest = json.loads(raw)
         if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
             raise ValueError("no splits")
-        if manifest.get("format") == FORMAT_VERSION:
-            check_file_name(manifest.get("name", "prepared"), f"{where}: the name")
+        current = _count(manifest.get("format")) and manifest["format"] == FORMAT_VERSION
+        if current:
+            check_file_name(manifest.get("name"), f"{where}: the name")
+            if not isinstance(manifest.get("key"), str):
+                raise ValueError("no key")
             for split, entry in manifest["splits"].items():
+                if split not in SPLITS:
+                    raise ValueError(f"unknown split {split!r}")
                 if not isinstance(entry, dict) or not isinstance(entry.get("shards"), list) or not _count(entry.get("rows")):
-                    raise ValueError(f"split {shown(split)} has no shard list or row count")
+                    raise ValueError(f"{split} has no shard list or row count")
                 for shard in entry["shards"]:
                     check_file_name(shard.get("file") if isinstance(shard, dict) else None, f"{where}: shard file")
                     if not (_count(shard.get("rows")) and _count(shard.get("bytes"))
                             and isinstance(shard.get("sha256"), str) and _SHA256.fullmatch(shard["sha256"])):
                         raise ValueError(f"shard {shown(shard['file'])} lacks rows, bytes or sha256")
+                if sum(shard["rows"] for shard in entry["shards"]) != entry["rows"]:
+                    raise ValueError(f"{split} rows differ from its shards'")
     except RnncodecError as exc:
         raise DataError(str(exc)) from None
     except (ValueError, TypeError, AttributeError, RecursionError) as exc:
         raise DataError(f"{where} is unreadable or incomplete ({shown(str(exc))}); {fix}") from None
-    if manifest.get("format") != FORMAT_VERSION:
+    if not current:
         raise DataError(f"{where} was written in data format {shown(manifest.get('format'))}, "
                         f"this version reads {FORMAT_VERSION}; prepare it again")
     return manifest

@@ -4,7 +4,11 @@ import hashlib
 import io
 import os
 import pickle
+import struct
 import tarfile
+import tracemalloc
+import zlib
+from gzip import compress as gzip_compress
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +24,8 @@ needs_shared = pytest.mark.skipif(
 )
 
 
-def write_archive(folder: Path, layout: Layout, counts: tuple[int, int], seed: int = 0, tamper: object = None) -> Path:
-    """A CIFAR-format ``.tar.gz`` (python pickles, protocol 2) with ``counts`` train/test images."""
+def batches(layout: Layout, counts: tuple[int, int], seed: int = 0, tamper: object = None) -> dict[str, bytes]:
+    """The files of a CIFAR-format archive (python pickles, protocol 2) with ``counts`` train/test images."""
     rng = np.random.default_rng(seed)
     files = {}
     per_file = [counts[0] // len(layout.train)] * len(layout.train) + [counts[1]]
@@ -37,12 +41,45 @@ def write_archive(folder: Path, layout: Layout, counts: tuple[int, int], seed: i
     files[layout.meta] = pickle.dumps(
         {k: [f"{k}{i}" for i in range(c)] for k, c in zip(layout.class_keys, layout.classes)}, protocol=2
     )
-    path = folder / layout.archive
-    with tarfile.open(path, "w:gz") as tar:
+    return files
+
+
+def tar_bytes(layout: Layout, files: dict[str, bytes]) -> bytes:
+    """An uncompressed tar of ``files`` inside the layout's folder."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
         for name, payload in files.items():
             info = tarfile.TarInfo(f"{layout.folder}/{name}")
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
+    return buffer.getvalue()
+
+
+def write_archive(folder: Path, layout: Layout, counts: tuple[int, int], seed: int = 0, tamper: object = None) -> Path:
+    """A CIFAR-format ``.tar.gz`` with ``counts`` train/test images."""
+    path = folder / layout.archive
+    path.write_bytes(gzip_compress(tar_bytes(layout, batches(layout, counts, seed, tamper))))
+    return path
+
+
+BOMB = 5 << 30
+
+
+def write_bomb(folder: Path, layout: Layout, header: tarfile.TarInfo) -> Path:
+    """A CIFAR-format ``.tar.gz`` of 5 MB whose first entry, ``header``, is followed by 5 GiB of zeros and
+    then the usual files. The zeros are one 16 MiB deflate run repeated (a full flush makes it stand
+    alone); the gzip CRC is left 0, as a refusal from the header never reads that far."""
+    raw = zlib.compressobj(9, zlib.DEFLATED, -15)
+    run = zlib.compressobj(9, zlib.DEFLATED, -15)
+    zeros = run.compress(bytes(1 << 24)) + run.flush(zlib.Z_FULL_FLUSH)
+    rest = tar_bytes(layout, batches(layout, (50, 10)))
+    path = folder / layout.archive
+    with open(path, "wb") as out:
+        out.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")
+        out.write(raw.compress(header.tobuf(tarfile.GNU_FORMAT)) + raw.flush(zlib.Z_FULL_FLUSH))
+        out.writelines(zeros for _ in range(BOMB >> 24))
+        out.write(raw.compress(rest) + raw.flush())
+        out.write(struct.pack("<II", 0, (512 + BOMB + len(rest)) & 0xFFFFFFFF))
     return path
 
 
@@ -65,12 +102,16 @@ def extracted(tmp_path_factory) -> Path:
 
 
 @needs_shared
-def test_shared_training_set_has_5000_images_per_class(shared_cifar10):
+def test_shared_training_set_has_5000_images_per_class(shared_cifar10, extracted):
     folder, train = shared_cifar10
     assert len(train) == 50_000
     assert np.bincount(train.column("label")).tolist() == [5000] * 10
     assert (train.column("index") == np.arange(50_000)).all() and set(train.column("source")) == {"cifar10"}
-    assert len(data.open_split(folder, "val")) == 1000
+    test = pickle.loads((extracted / CIFAR10.folder / "test_batch").read_bytes(), encoding="latin1")
+    with data.open_split(folder, "val") as val:  # 1,000 in the shared copy, 10,000 in the official one
+        assert len(val) == len(test["data"])
+        assert np.array_equal(val.images(np.arange(len(val))).reshape(len(val), -1), test["data"])
+        assert np.array_equal(val.column("label"), test["labels"])
 
 
 @needs_shared
@@ -104,12 +145,12 @@ def test_extracted_folder_shares_the_archive_cache(shared_cifar10, extracted):
     assert again == folder
 
 
-@needs_shared
 def test_unverified_archive_needs_the_flag(tmp_path):
+    archive = write_archive(tmp_path, CIFAR10, (50, 10))
     with pytest.raises(data.DataError, match=FLAG) as error:
-        data.prepare("cifar10", root=SHARED_CIFAR10, cache_dir=tmp_path)
+        data.prepare("cifar10", root=archive, cache_dir=tmp_path / "cache")
     assert "\n" not in str(error.value) and "data_batch_1" in str(error.value)
-    assert list(tmp_path.iterdir()) == []
+    assert not (tmp_path / "cache").exists()
 
 
 @needs_shared
@@ -180,3 +221,64 @@ def test_offline_download_names_the_way_out(tmp_path, monkeypatch):
     with pytest.raises(data.DataError, match="--root PATH"):
         data.prepare("cifar10", cache_dir=tmp_path)
     assert [p.name for p in (tmp_path / "downloads").iterdir() if not p.name.endswith(".lock")] == []
+
+
+@pytest.mark.parametrize("offset", [-8, -4], ids=["crc", "length"])
+def test_damaged_gzip_trailer_is_refused_even_when_accepted(tmp_path, offset):
+    archive = write_archive(tmp_path, CIFAR10, (50, 10))
+    payload = bytearray(archive.read_bytes())
+    payload[offset] ^= 1  # the trailer: CRC32, then the length
+    archive.write_bytes(bytes(payload))
+    cache = tmp_path / "cache"
+    with pytest.raises(data.DataError, match="download it again") as error:
+        data.prepare("cifar10", root=archive, accept_unverified=True, cache_dir=cache)
+    assert str(archive) in str(error.value) and "\n" not in str(error.value)
+    assert not cache.exists() or not [p for p in cache.iterdir() if p.is_dir()]
+
+
+def bomb_header(name: str, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
+    header = tarfile.TarInfo(name)
+    header.size, header.type = BOMB, kind
+    return header
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (bomb_header(f"{CIFAR10.folder}/data_batch_1"), "data_batch_1' is 5,368,709,120 bytes"),
+        (bomb_header(f"{CIFAR10.folder}/readme.html"), "holds more than"),
+        (bomb_header("././@PaxHeader", tarfile.XHDTYPE), "5,368,709,120-byte extended header"),
+    ],
+    ids=["needed", "not-needed", "pax-header"],
+)
+def test_gzip_bomb_is_refused_from_its_tar_header(tmp_path, header, message):
+    archive = write_bomb(tmp_path, CIFAR10, header)
+    cache = tmp_path / "cache"
+    tracemalloc.start()
+    try:
+        with pytest.raises(data.DataError, match=message) as error:
+            data.prepare("cifar10", root=archive, accept_unverified=True, cache_dir=cache)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20  # file_digest's 16 MiB block holding the 5 MB file; the 5 GiB are never unpacked
+    assert "\n" not in str(error.value) and "download" in str(error.value)
+    assert not cache.exists() or not [p for p in cache.iterdir() if p.is_dir()]
+
+
+def test_archive_of_countless_files_is_refused(tmp_path):
+    files = {f"junk{i}": b"" for i in range(100)} | batches(CIFAR10, (50, 10))
+    archive = tmp_path / CIFAR10.archive
+    archive.write_bytes(gzip_compress(tar_bytes(CIFAR10, files)))
+    with pytest.raises(data.DataError, match="more than 64 files"):
+        data.prepare("cifar10", root=archive, accept_unverified=True, cache_dir=tmp_path / "cache")
+
+
+def test_extracted_batch_above_its_limit_is_refused_unread(tmp_path):
+    archive = write_archive(tmp_path, CIFAR10, (50, 10))
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path, filter="data")
+    with open(tmp_path / CIFAR10.folder / "test_batch", "r+b") as handle:
+        handle.truncate(BOMB)  # sparse: 5 GiB declared, nothing on disk
+    with pytest.raises(data.DataError, match="test_batch' is 5,368,709,120 bytes"):
+        data.prepare("cifar10", root=tmp_path / CIFAR10.folder, accept_unverified=True, cache_dir=tmp_path / "c")

@@ -129,6 +129,33 @@ def test_altered_remote_shard_leaves_no_copy(prepared, tmp_path):
     path.write_bytes(bytes(payload))
     with pytest.raises(data.DataError, match="train-00001.arrow does not match its manifest"):
         data.open_split(remote.as_uri(), cache_dir=tmp_path / "cache")
-    assert [p for p in (tmp_path / "cache" / "remote").iterdir() if p.is_dir()] == []
+    left = list((tmp_path / "cache").rglob("*"))
+    assert [p for p in left if p.is_dir() or not p.name.endswith(".lock")] == [tmp_path / "cache" / "remote"]
     with pytest.raises(data.DataError, match="cannot read"):
         data.open_split((tmp_path / "nowhere").as_uri(), cache_dir=tmp_path / "cache")
+
+
+def tree(root) -> dict:
+    """Every path under ``root`` with its size and modification time."""
+    return {p: (p.lstat().st_size, p.lstat().st_mtime_ns) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("field", ["file", "name"])
+@pytest.mark.parametrize("target", ["../../evil", "ABSOLUTE"])
+def test_remote_manifest_cannot_reach_outside_the_cache(prepared, tmp_path, field, target):
+    remote = tmp_path / "store" / "prepared"
+    shutil.copytree(prepared, remote)
+    shutil.copyfile(remote / "train-00000.arrow", tmp_path / "evil")  # a valid shard where "../../evil" leads
+    target = str(tmp_path / "planted") if target == "ABSOLUTE" else target
+    manifest = json.loads((remote / "manifest.json").read_text())
+    if field == "name":
+        manifest["name"] = target
+    else:
+        manifest["splits"]["train"]["shards"][0]["file"] = target
+    (remote / "manifest.json").write_text(json.dumps(manifest))
+    cache = tmp_path / "deep" / "er" / "cache"
+    before = tree(tmp_path)
+    with pytest.raises(data.DataError, match="not a plain file name") as error:
+        data.open_split(remote.as_uri(), cache_dir=cache)
+    assert "\n" not in str(error.value)
+    assert tree(tmp_path) == before and not (tmp_path / "deep").exists()

@@ -1,6 +1,8 @@
 """Preparing shards: rotations, subsets, the keyed cache, concurrent builders, damaged shards."""
 
 import json
+import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,8 @@ import pyarrow as pa
 import pytest
 
 from rnncodec import data
+from rnncodec.data import reader
+from rnncodec.data.files import file_digest
 from rnncodec.data.shards import IMAGE_BYTES, MANIFEST, SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,3 +175,123 @@ def test_two_processes_preparing_one_key_build_one_cache(tmp_path):
     folder = Path(paths.pop())
     assert [p for p in tmp_path.iterdir() if p.is_dir()] == [folder]
     assert len(data.open_split(folder)) == manifest(folder)["splits"]["train"]["rows"]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    """A small prepared folder: three training shards and one validation shard."""
+    return data.prepare("sample", hard_patches=16, rows_per_shard=50, cache_dir=tmp_path_factory.mktemp("small"))
+
+
+def tree(root: Path) -> dict:
+    """Every path under ``root`` with its size and modification time."""
+    return {p: (p.lstat().st_size, p.lstat().st_mtime_ns) for p in root.rglob("*")}
+
+
+HOSTILE = ["/etc/hostname", "OUTSIDE", "../outside.arrow", "sub/train.arrow", ".hidden.arrow", "a\\b.arrow", "..", ""]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_manifest_naming_files_outside_its_folder_is_refused_unread(small, tmp_path, monkeypatch, name):
+    folder = tmp_path / "prepared"
+    shutil.copytree(small, folder)
+    shard = folder / "train-00000.arrow"
+    for copy in (tmp_path / "outside.arrow", folder / "sub" / "train.arrow", folder / ".hidden.arrow"):
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copyfile(shard, copy)  # a valid shard wherever the name leads: only the name check refuses it
+    name = str(tmp_path / "outside.arrow") if name == "OUTSIDE" else name
+    target = Path(name) if name.startswith("/") else folder / name
+    if not target.is_file():
+        target = shard
+    payload = manifest(folder)
+    entry = {**payload["splits"]["train"]["shards"][0], "file": name, "bytes": target.stat().st_size,
+             "sha256": file_digest(target)}
+    payload["splits"]["train"] = {"rows": entry["rows"], "shards": [entry]}
+    (folder / MANIFEST).write_text(json.dumps(payload))
+    before = tree(tmp_path)
+    monkeypatch.setattr(reader, "verify", lambda *args, **kwargs: pytest.fail("a shard was read"))
+    with pytest.raises(data.DataError, match="not a plain file name") as error:
+        data.open_split(folder)
+    assert "\n" not in str(error.value) and str(folder / MANIFEST) in str(error.value)
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("name", ["../x", "/tmp", ".x", "a/b", "x\ud800y", "é" * 121])
+def test_manifest_name_must_be_a_plain_file_name(small, tmp_path, name):
+    folder = tmp_path / "prepared"
+    shutil.copytree(small, folder)
+    payload = manifest(folder)
+    payload["name"] = name
+    (folder / MANIFEST).write_text(json.dumps(payload))
+    with pytest.raises(data.DataError) as error:
+        data.open_split(folder)
+    assert "\n" not in str(error.value) and str(error.value).encode()
+
+
+JUNK = [None, True, False, -1, 0, 1.5, 2**50, 2**64, 10**400, 1e308, float("inf"), float("nan"), "", "x" * 300,
+        "manifest.json", "val-00000.arrow", "../x", "0" * 64, [], {}, [[[[]]]], {"file": {"rows": [None]}},
+        {"rows": 1, "shards": [{"file": "train-00000.arrow"}]}]
+RAW_JUNK = [b"\x00", b"\xff\xfe", b'"', b"\\", b"[" * 100_000, b"{" * 100_000, b"\xed\xa0\x80", b",,", b"1e99999"]
+
+
+def nodes(value: object, path: tuple = ()) -> list[tuple]:
+    """The paths of every node below the root of a JSON value."""
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return [p for key, child in children for p in [(*path, key), *nodes(child, (*path, key))]]
+
+
+def mutate(payload: dict, rng: random.Random) -> bytes:
+    """One random damage to a manifest: a key deleted, a value swapped for junk or a huge number, a node
+    nested in junk or moved, or the bytes truncated, flipped or spliced."""
+    payload = json.loads(json.dumps(payload))
+    paths = nodes(payload)
+    path = rng.choice(paths)
+    parent = payload
+    for key in path[:-1]:
+        parent = parent[key]
+    kind = rng.randrange(8)
+    if kind == 0:
+        del parent[path[-1]]
+    elif kind == 1:
+        parent[path[-1]] = rng.choice(JUNK)
+    elif kind == 2:
+        parent[path[-1]] = rng.choice([2**31, 2**53 + 1, 10**30, -(2**63), 1e300, -1e-300])
+    elif kind == 3:
+        parent[path[-1]] = [parent[path[-1]], {"junk": parent[path[-1]]}]
+    elif kind == 4:
+        parent[path[-1]] = json.loads(json.dumps(payload))["splits"]  # a node moved elsewhere
+    raw = json.dumps(payload).encode()
+    if kind == 5:
+        return raw[: rng.randrange(len(raw))]
+    if kind == 6:
+        raw = bytearray(raw)
+        for _ in range(rng.randint(1, 3)):
+            raw[rng.randrange(len(raw))] ^= 1 << rng.randrange(8)
+        return bytes(raw)
+    if kind == 7:
+        at = rng.randrange(len(raw))
+        return raw[:at] + rng.choice(RAW_JUNK) + raw[at:]
+    return raw
+
+
+def test_fuzzed_manifests_open_correctly_or_fail_in_one_line(small, tmp_path):
+    folder = tmp_path / "prepared"
+    shutil.copytree(small, folder)
+    original, rng, outcomes = manifest(folder), random.Random(1234), {"opened": 0, "refused": 0}
+    for case in range(300):
+        raw = mutate(original, rng)
+        (folder / MANIFEST).write_bytes(raw)
+        location = folder.as_uri() if case % 10 == 0 else folder  # some through the remote copy
+        for split in ("train", "val"):
+            try:
+                with data.open_split(location, split, cache_dir=tmp_path / "cache") as opened:
+                    assert len(opened) == json.loads(raw)["splits"][split]["rows"], (case, raw[:300])
+                    if len(opened):
+                        assert opened.images([0, len(opened) - 1]).shape == (2, 3, 32, 32)
+                outcomes["opened"] += 1
+            except data.DataError as exc:
+                assert "\n" not in str(exc) and len(str(exc)) < 1000, (case, raw[:300])
+                outcomes["refused"] += 1
+            except Exception as exc:  # noqa: BLE001 - the point of the test
+                pytest.fail(f"case {case}: {type(exc).__name__}: {exc} for manifest {raw[:300]!r}")
+    assert outcomes["opened"] > 20 and outcomes["refused"] > 200, outcomes
