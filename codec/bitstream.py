@@ -11,14 +11,18 @@ Layout (big-endian)::
 Iterations follow one another, so any prefix of them decodes: ``decompress(..., iterations=k)``
 reads only the first k, and a file cut short still decodes up to its last complete iteration.
 Large images are coded in independent tiles (1024×1024 by default) to bound memory; the tile
-side is in the header so the decoder uses the same grid. The codes are stored raw (no entropy
-coding), as in the paper's curves without it: 0.125 bpp per iteration plus 4 bytes per
-iteration and 29 bytes of header.
+side is in the header so the decoder uses the same grid. Tiles of one shape go through the model
+in batches of at most 1024×1024 pixels, the same batches when encoding and decoding. The codes
+are stored raw (no entropy coding), as in the paper's curves without it: 0.125 bpp per
+iteration plus 4 bytes per iteration and 29 bytes of header.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
+import os
 import struct
 import zlib
 from collections.abc import Iterator
@@ -31,9 +35,9 @@ from PIL import Image
 
 from rnncodec.codec.checkpoint import model_id
 from rnncodec.codec.errors import CodecError
-from rnncodec.codec.image import pad_to_stride, to_input, to_pixels
+from rnncodec.codec.image import to_input, to_pixels
 from rnncodec.codec.model import RNNCodec
-from rnncodec.codec.options import MAX_ITERATIONS, STRIDE
+from rnncodec.codec.options import MAX_BITS, MAX_ITERATIONS, STRIDE
 from rnncodec.data.images import to_rgb8
 
 MAGIC = b"RNNC"
@@ -86,8 +90,10 @@ def parse_header(data: bytes) -> Header:
         raise CodecError(f"the header's image size {width}×{height} is outside 1..{MAX_SIDE}; the file is corrupted")
     if not 1 <= iterations <= MAX_ITERATIONS:
         raise CodecError(f"the header's iteration count {iterations} is outside 1..{MAX_ITERATIONS}; the file is corrupted")
-    if not 1 <= bits <= 1024 or tile16 == 0:
-        raise CodecError("the header's code depth or tile size is out of range; the file is corrupted")
+    if not 1 <= bits <= MAX_BITS:
+        raise CodecError(f"the header's code depth {bits} is outside 1..{MAX_BITS} bits per block; the file is corrupted")
+    if tile16 == 0:
+        raise CodecError("the header's tile size is 0; the file is corrupted")
     return Header(height, width, iterations, bits, tile16 * STRIDE, mid)
 
 
@@ -102,16 +108,49 @@ def _evaluating(model: RNNCodec) -> Iterator[torch.device]:
         model.train(was_training)
 
 
-def _tiles(height: int, width: int, tile: int) -> Iterator[tuple[slice, slice]]:
-    """Pixel slices of the tile grid over the image padded to multiples of ``STRIDE``."""
+def _spans(length: int, tile: int) -> list[range]:
+    """Tile starts along one side of ``length`` padded pixels, grouped by tile size: full tiles, then
+    the shorter last one."""
+    full = length - length % tile
+    return [r for r in (range(0, full, tile), range(full, length, tile)) if r]
+
+
+def _batches(height: int, width: int, tile: int) -> Iterator[tuple[int, int, list[tuple[int, int]]]]:
+    """The tile grid over the image padded to multiples of ``STRIDE``, as batches of equally shaped
+    tiles: (tile height, tile width, tile origins). Batching lets small tiles share model calls; a batch
+    holds at most ``DEFAULT_TILE``² pixels (or one larger tile), so memory stays that of one default
+    tile. Encoder and decoder take the same batches, so their arithmetic is the same."""
     ph, pw = -(-height // STRIDE) * STRIDE, -(-width // STRIDE) * STRIDE
-    for y in range(0, ph, tile):
-        for x in range(0, pw, tile):
-            yield slice(y, min(y + tile, ph)), slice(x, min(x + tile, pw))
+    for ys in _spans(ph, tile):
+        th = min(tile, ph - ys[0])
+        for xs in _spans(pw, tile):
+            tw = min(tile, pw - xs[0])
+            origins = itertools.product(ys, xs)
+            size = max(1, DEFAULT_TILE**2 // (th * tw))
+            while batch := list(itertools.islice(origins, size)):
+                yield th, tw, batch
 
 
-def _code_slice(s: slice) -> slice:
-    return slice(s.start // STRIDE, s.stop // STRIDE)
+def _bit_positions(header: Header, th: int, tw: int, origins: list[tuple[int, int]]) -> np.ndarray:
+    """Where the codes of a batch of tiles lie among one iteration's C×H/16×W/16 code bits, as an
+    N×C×th/16×tw/16 array of bit indices."""
+    c, h, w = header.code_shape
+    corners = np.array(origins, dtype=np.int64) // STRIDE
+    rows = corners[:, :1] + np.arange(th // STRIDE)
+    cols = corners[:, 1:] + np.arange(tw // STRIDE)
+    return np.arange(c)[:, None, None] * (h * w) + rows[:, None, :, None] * w + cols[:, None, None, :]
+
+
+def _crops(image: np.ndarray, th: int, tw: int, origins: list[tuple[int, int]]) -> np.ndarray:
+    """The batch's tiles of the uint8 image, N×th×tw×3, edge-replicated past the image (as
+    ``rnncodec.codec.image.pad_to_stride`` pads)."""
+    tiles = []
+    for y, x in origins:
+        crop = image[y : y + th, x : x + tw]
+        if crop.shape[:2] != (th, tw):
+            crop = np.pad(crop, ((0, th - crop.shape[0]), (0, tw - crop.shape[1]), (0, 0)), mode="edge")
+        tiles.append(crop)
+    return np.stack(tiles)
 
 
 def _as_rgb8(image: np.ndarray | Image.Image) -> np.ndarray:
@@ -135,21 +174,24 @@ def compress(model: RNNCodec, image: np.ndarray | Image.Image, iterations: int,
     if tile % STRIDE or not STRIDE <= tile <= 255 * STRIDE:
         raise CodecError(f"tile must be a multiple of {STRIDE} in {STRIDE}..{255 * STRIDE}, got {tile}")
     header = Header(image.shape[0], image.shape[1], iterations, model.config.bits, tile, model_id(model))
-    codes = np.zeros((iterations, *header.code_shape), dtype=bool)
+    codes = np.zeros((iterations, math.prod(header.code_shape)), dtype=bool)
     with _evaluating(model) as device:
-        x = pad_to_stride(to_input(torch.from_numpy(image.copy()).permute(2, 0, 1)[None].to(device)))
-        for ys, xs in _tiles(header.height, header.width, tile):
-            out = model(x[:, :, ys, xs], iterations)
-            for t, b in enumerate(out["codes"]):
-                codes[t, :, _code_slice(ys), _code_slice(xs)] = (b[0] > 0).cpu().numpy()
+        for th, tw, origins in _batches(header.height, header.width, tile):
+            x = to_input(torch.from_numpy(_crops(image, th, tw, origins)).to(device).permute(0, 3, 1, 2))
+            positions = _bit_positions(header, th, tw, origins)
+            for t, b in enumerate(model(x, iterations)["codes"]):
+                codes[t, positions] = (b > 0).cpu().numpy()
     parts = [header.pack()]
     for t in range(iterations):
-        chunk = np.packbits(codes[t].ravel()).tobytes()
+        chunk = np.packbits(codes[t]).tobytes()
         parts += [chunk, _CRC.pack(zlib.crc32(chunk))]
     return b"".join(parts)
 
 
-def _read_codes(model: RNNCodec, data: bytes, iterations: int | None) -> tuple[Header, np.ndarray]:
+def _checked(model: RNNCodec, data: bytes, iterations: int | None) -> tuple[Header, int]:
+    """The header of ``data`` and the number of iterations to decode, after checking, from the
+    header and the length of ``data`` alone, that the file holds them intact (nothing is allocated
+    for the image before that)."""
     header = parse_header(data)
     if header.bits != model.config.bits:
         raise CodecError(f"the file has {header.bits} code bits per block but the model makes {model.config.bits}; "
@@ -169,39 +211,50 @@ def _read_codes(model: RNNCodec, data: bytes, iterations: int | None) -> tuple[H
     if iterations is None and len(data) != HEADER_BYTES + header.iterations * step:
         raise CodecError(f"the file has {len(data) - HEADER_BYTES - header.iterations * step} bytes of trailing data "
                          "after its last iteration; it is corrupted or not an rnncodec file")
-    c, h, w = header.code_shape
-    codes = np.empty((k, c, h, w), dtype=np.float32)
+    view = memoryview(data)
     for t in range(k):
         start = HEADER_BYTES + t * step
-        chunk = data[start : start + header.chunk_bytes]
-        if _CRC.unpack_from(data, start + header.chunk_bytes)[0] != zlib.crc32(chunk):
+        if _CRC.unpack_from(data, start + header.chunk_bytes)[0] != zlib.crc32(view[start : start + header.chunk_bytes]):
             raise CodecError(f"the codes of iteration {t + 1} are corrupted (checksum mismatch)"
                              + (f"; iterations 1..{t} are intact (--iterations {t})" if t else ""))
-        bits = np.unpackbits(np.frombuffer(chunk, dtype=np.uint8), count=c * h * w)
-        codes[t] = bits.reshape(c, h, w).astype(np.float32) * 2 - 1
-    return header, codes
+    return header, k
+
+
+def _decode(model: RNNCodec, data: bytes, iterations: int | None, every: bool) -> np.ndarray:
+    """Decode ``data`` tile batch by tile batch, iterations inner: a k×H×W×3 array of the
+    reconstructions after each iteration if ``every``, else a 1×H×W×3 array of the last one. Codes
+    are read from ``data`` per batch and iteration; the model calls are the same either way."""
+    header, k = _checked(model, data, iterations)
+    step = header.chunk_bytes + _CRC.size
+    chunks = [np.frombuffer(data, np.uint8, header.chunk_bytes, HEADER_BYTES + t * step) for t in range(k)]
+    images = np.empty((k if every else 1, header.height, header.width, 3), dtype=np.uint8)
+    with _evaluating(model) as device:
+        for th, tw, origins in _batches(header.height, header.width, header.tile):
+            positions = _bit_positions(header, th, tw, origins)
+            byte, shift = positions >> 3, (7 - (positions & 7)).astype(np.uint8)
+            del positions
+            state = model.initial_state()
+            for t in range(k):
+                bits = torch.from_numpy((chunks[t][byte] >> shift) & 1).to(device)
+                x_hat = model.decode_step(bits.float() * 2 - 1, state)
+                if every or t == k - 1:
+                    pixels = to_pixels(x_hat).permute(0, 2, 3, 1).cpu().numpy()
+                    out = images[t if every else 0]
+                    for tile, (y, x) in zip(pixels, origins):
+                        out[y : y + th, x : x + tw] = tile[: header.height - y, : header.width - x]
+    return images
 
 
 def decompress_progressive(model: RNNCodec, data: bytes, iterations: int | None = None) -> list[np.ndarray]:
     """Decode ``data``: the H×W×3 uint8 reconstruction after each of the first ``iterations``
     iterations (all that the file holds by default)."""
-    header, codes = _read_codes(model, data, iterations)
-    k = codes.shape[0]
-    ph, pw = codes.shape[2] * STRIDE, codes.shape[3] * STRIDE
-    images = np.empty((k, ph, pw, 3), dtype=np.uint8)
-    with _evaluating(model) as device:
-        for ys, xs in _tiles(header.height, header.width, header.tile):
-            b = torch.from_numpy(codes[:, :, _code_slice(ys), _code_slice(xs)]).to(device)
-            state = model.initial_state()
-            for t in range(k):
-                x_hat = model.decode_step(b[t : t + 1], state)
-                images[t, ys, xs] = to_pixels(x_hat[0]).permute(1, 2, 0).cpu().numpy()
-    return list(images[:, : header.height, : header.width])
+    return list(_decode(model, data, iterations, every=True))
 
 
 def decompress(model: RNNCodec, data: bytes, iterations: int | None = None) -> np.ndarray:
-    """Decode ``data`` to an H×W×3 uint8 image using its first ``iterations`` iterations."""
-    return np.ascontiguousarray(decompress_progressive(model, data, iterations)[-1])
+    """Decode ``data`` to an H×W×3 uint8 image using its first ``iterations`` iterations. Memory: the
+    output image plus one tile batch's model state, whatever the number of iterations."""
+    return _decode(model, data, iterations, every=False)[0]
 
 
 def read_bitstream(path: str | Path) -> bytes:
@@ -210,10 +263,15 @@ def read_bitstream(path: str | Path) -> bytes:
     path = Path(path)
     if not path.is_file():
         raise CodecError(f"no such file: {path}")
-    with open(path, "rb") as f:
-        head = f.read(HEADER_BYTES)
-        header = parse_header(head)
-        return head + f.read(header.iterations * (header.chunk_bytes + _CRC.size) + 1)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_BYTES)
+            header = parse_header(head)
+            # read(n) allocates n bytes up front: bound n by what the file holds, not only by the header
+            rest = max(0, os.fstat(f.fileno()).st_size - HEADER_BYTES)
+            return head + f.read(min(rest, header.iterations * (header.chunk_bytes + _CRC.size) + 1))
+    except OSError as exc:
+        raise CodecError(f"cannot read {path} ({exc.strerror or type(exc).__name__}); check the file and its permissions") from None
 
 
 def prefix_bitstream(data: bytes, iterations: int) -> bytes:
@@ -223,8 +281,8 @@ def prefix_bitstream(data: bytes, iterations: int) -> bytes:
     header = parse_header(data)
     if not 1 <= iterations <= header.iterations:
         raise CodecError(f"the file holds {header.iterations} iterations, cannot cut {iterations}")
-    step, extra = divmod(len(data) - HEADER_BYTES, header.iterations)
-    if extra or step <= header.chunk_bytes:
+    step = header.chunk_bytes + _CRC.size
+    if len(data) != HEADER_BYTES + header.iterations * step:
         raise CodecError("the file is truncated or has trailing data; give a complete rnncodec file")
     return replace(header, iterations=iterations).pack() + data[HEADER_BYTES : HEADER_BYTES + iterations * step]
 

@@ -19,6 +19,7 @@ import torch
 
 from rnncodec.codec.errors import CodecError
 from rnncodec.codec.model import CodecConfig, RNNCodec
+from rnncodec.data.errors import shown
 from rnncodec.data.files import write_atomic
 
 FORMAT = "rnncodec-model"
@@ -38,19 +39,59 @@ def model_state(model: RNNCodec) -> dict[str, Any]:
 
 
 def model_from_state(state: Any, source: str = "checkpoint") -> RNNCodec:
-    """Rebuild a model from :func:`model_state`'s dict, in evaluation mode."""
+    """Rebuild a model from :func:`model_state`'s dict, in evaluation mode.
+
+    The configuration and every weight's name and shape are checked against a skeleton built on
+    the meta device (no memory) first, so a checkpoint whose configuration implies weights it does
+    not hold is refused before they are allocated."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CodecError(f"{source} is not an rnncodec model checkpoint; make one with `rnncodec train`")
     if state.get("version") != VERSION:
-        raise CodecError(f"{source} has checkpoint version {state.get('version')}, this rnncodec reads "
+        raise CodecError(f"{source} has checkpoint version {shown(state.get('version'))}, this rnncodec reads "
                          f"version {VERSION}; upgrade rnncodec or retrain")
-    model = RNNCodec(CodecConfig.from_dict(state["config"]))
+    if not isinstance(state.get("config"), dict):
+        raise CodecError(f"{source} has no model configuration (its config is {shown(state.get('config'))}); "
+                         "the file is damaged; give a checkpoint written by `rnncodec train`")
     try:
-        model.load_state_dict(state["state_dict"])
-    except (RuntimeError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0]
+        config = CodecConfig.from_dict(state["config"])
+    except CodecError as exc:
+        raise CodecError(f"{source}: {exc}; the file is damaged or not written by `rnncodec train`") from None
+    weights = state.get("state_dict")
+    if not isinstance(weights, dict):
+        raise CodecError(f"{source} has no weights (its state_dict is {shown(weights)}); the file is damaged")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in RNNCodec(config).state_dict().items()}
+    problem = _weights_problem(expected, weights)
+    if problem:
+        raise CodecError(f"{source} does not match its own configuration ({problem}); the file is damaged")
+    model = RNNCodec(config)
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise CodecError(f"{source} does not match its own configuration ({first}); the file is damaged") from None
     return model.eval()
+
+
+def _weights_problem(expected: dict[str, tuple[int, ...]], weights: dict) -> str | None:
+    """What is wrong with ``weights`` for a network whose weights have the ``expected`` shapes, if anything."""
+    missing = [k for k in expected if k not in weights]
+    if missing:
+        return f"{len(missing)} weights missing, e.g. {shown(missing[:3])}"
+    unexpected = [k for k in weights if k not in expected]
+    if unexpected:
+        return f"{len(unexpected)} unknown weights, e.g. {shown(unexpected[:3])}"
+    for name, shape in expected.items():
+        value = weights[name]
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            return f"{name} is {shown(value)}, not a floating-point tensor"
+        if tuple(value.shape) != shape:
+            return f"{name} has shape {tuple(value.shape)} where the configuration needs {shape}"
+        # A tensor can declare more elements than the file stores (stride 0); copying it into the
+        # model would allocate what the file never held.
+        if value.untyped_storage().nbytes() < value.numel() * value.element_size():
+            return f"{name} declares {value.numel()} values but the file stores fewer"
+    return None
 
 
 def save_checkpoint(path: str | Path, model: RNNCodec, **extra: Any) -> None:

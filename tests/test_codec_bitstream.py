@@ -1,12 +1,26 @@
-"""Bitstreams: exact round trips, progressive prefixes, odd sizes, and clean failures."""
+"""Bitstreams: exact round trips, progressive prefixes, odd sizes, tile batches, bounded memory,
+and clean failures on damaged or crafted files."""
+
+import struct
+import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from rnncodec.codec import CodecConfig, CodecError, RNNCodec, compress, decompress, decompress_progressive
-from rnncodec.codec.bitstream import HEADER_BYTES, parse_header
+from rnncodec.codec import (
+    CodecConfig,
+    CodecError,
+    RNNCodec,
+    bitstream,
+    compress,
+    decompress,
+    decompress_progressive,
+    model_id,
+)
+from rnncodec.codec.bitstream import HEADER_BYTES, parse_header, payload_bytes, prefix_bitstream, read_bitstream
 from rnncodec.codec.image import pad_to_stride, to_input, to_pixels
 from rnncodec.data.errors import RnncodecError
 from rnncodec.data.images import load_image
@@ -113,20 +127,182 @@ def test_the_wrong_model_is_refused():
         decompress(_model(seed=1), data)
 
 
-def test_random_damage_never_escapes_as_anything_but_a_codec_error():
+def _peak_bytes(fn, *args, **kwargs) -> int:
+    """Peak memory traced while ``fn`` runs (numpy arrays and Python objects, not torch tensors)."""
+    tracemalloc.start()
+    try:
+        fn(*args, **kwargs)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_decompress_memory_does_not_grow_with_the_iteration_count():
+    model = _model()
+    data = compress(model, _image(256, 256), iterations=16)
+    peaks = {k: _peak_bytes(decompress, model, data, iterations=k) for k in (2, 16)}
+    # The output alone is 196 KB; keeping every iteration's image (the old decoder) made 16 cost ~8× 2.
+    assert peaks[16] < 1.5 * peaks[2], peaks
+
+
+def test_compress_feeds_the_model_tile_batches_not_a_float_copy_of_the_image(monkeypatch):
+    model = _model()
+    seen = []
+    forward = model.forward
+
+    def spy(x, iterations):
+        seen.append((tuple(x.shape), x.untyped_storage().nbytes()))
+        return forward(x, iterations)
+
+    monkeypatch.setattr(model, "forward", spy)
+    compress(model, _image(64, 80), iterations=2, tile=32)
+    # 64×80 in 32-pixel tiles: six 32×32 tiles, then the 32×16 right column as its own batch
+    assert [shape for shape, _ in seen] == [(4, 3, 32, 32), (2, 3, 32, 16)]
+    assert all(nbytes == np.prod(shape) * 4 for shape, nbytes in seen)  # only the batch's pixels, as floats
+
+
+def test_tile_batches_cover_the_grid_once_with_one_shape_each_and_bounded_pixels():
+    for height, width, tile in [(70, 100, 32), (256, 256, 16), (3000, 2100, 1024), (1, 1, 4080), (5000, 40, 16)]:
+        covered = []
+        for th, tw, origins in bitstream._batches(height, width, tile):
+            assert len(origins) == 1 or len(origins) * th * tw <= bitstream.DEFAULT_TILE**2
+            for y, x in origins:
+                assert (th, tw) == (min(tile, -(-height // 16) * 16 - y), min(tile, -(-width // 16) * 16 - x))
+                covered.append((y, x))
+        grid = [(y, x) for y in range(0, -(-height // 16) * 16, tile) for x in range(0, -(-width // 16) * 16, tile)]
+        assert sorted(covered) == grid
+    # full default tiles stay one per model call; only the smaller edge tiles share calls
+    assert all(len(origins) == 1 for th, tw, origins in bitstream._batches(3000, 2100, 1024) if th == tw == 1024)
+
+
+def test_small_tiles_decode_in_batches_to_each_tiles_own_reconstruction(monkeypatch):
+    model = _model()
+    image = _image(256, 256)
+    data = compress(model, image, iterations=2, tile=16)
+    calls = []
+    step = model.decode_step
+    monkeypatch.setattr(model, "decode_step", lambda b, state: calls.append(b.shape[0]) or step(b, state))
+    out = decompress(model, data)
+    assert calls == [256, 256]  # all 256 tiles at once per iteration, not 512 calls one tile each
+    for y in range(0, 256, 16):
+        for x in range(0, 256, 16):
+            assert np.array_equal(out[y : y + 16, x : x + 16], _reference(model, image[y : y + 16, x : x + 16], 2)[-1])
+
+
+def test_batches_split_by_the_pixel_bound_still_decode_exactly(monkeypatch):
+    monkeypatch.setattr(bitstream, "DEFAULT_TILE", 48)  # at most 9 tiles of 16×16 per batch
+    model = _model("residual-scaling", "gru")
+    image = _image(70, 100)
+    data = compress(model, image, iterations=3, tile=16)
+    progressive = decompress_progressive(model, data)
+    for k in (1, 2, 3):
+        assert np.array_equal(decompress(model, data, iterations=k), progressive[k - 1])
+    assert np.array_equal(progressive[-1][32:48, 80:96], _reference(model, image[32:48, 80:96], 3)[-1])
+
+
+def test_a_file_cut_at_any_byte_decodes_its_complete_prefix_or_fails_cleanly():
+    model = _model()
+    data = compress(model, _image(32, 32), iterations=3)
+    step = (len(data) - HEADER_BYTES) // 3
+    full = [decompress(model, data, iterations=k) for k in (1, 2, 3)]
+    for n in range(len(data)):
+        cut = data[:n]
+        complete = max(0, (n - HEADER_BYTES) // step)
+        with pytest.raises(CodecError):
+            decompress(model, cut)
+        for k in (1, 2, 3):
+            if k <= complete:
+                assert np.array_equal(decompress(model, cut, iterations=k), full[k - 1]), (n, k)
+            else:
+                with pytest.raises(CodecError):
+                    decompress(model, cut, iterations=k)
+
+
+def test_random_byte_flips_give_a_codec_error_or_the_exact_decode():
     model = _model()
     data = compress(model, _image(40, 40), iterations=2)
+    exact = {k: decompress(model, data, iterations=k) for k in (1, 2)}
     rng = np.random.default_rng(0)
-    for _ in range(300):
+    decoded = 0
+    for _ in range(1000):
         damaged = bytearray(data)
-        for pos in rng.integers(0, len(data), rng.integers(1, 4)):
-            damaged[pos] = rng.integers(0, 256)
-        damaged = bytes(damaged[: rng.integers(0, len(data) + 1)]) if rng.random() < 0.3 else bytes(damaged)
-        try:
-            out = decompress(model, damaged)
-        except CodecError:
-            continue
-        assert damaged == data and out.shape == (40, 40, 3)
+        for pos in rng.integers(0, len(data), rng.integers(1, 5)):
+            damaged[pos] ^= int(rng.integers(1, 256))
+        for k in (None, 1):
+            try:
+                out = decompress(model, bytes(damaged), iterations=k)
+            except CodecError as exc:
+                assert "\n" not in str(exc)
+                continue
+            assert np.array_equal(out, exact[k or 2])
+            decoded += 1
+    assert decoded  # damage confined to iteration 2 leaves iteration 1 decodable
+
+
+def _crafted(height, width, iterations, bits, tile16, mid, payload=b"") -> bytes:
+    """A file whose header carries the given fields under a valid header checksum."""
+    raw = struct.pack(">4sBIIBHB8s", b"RNNC", 1, height, width, iterations, bits, tile16, mid)
+    return raw + struct.pack(">I", zlib.crc32(raw)) + payload
+
+
+def _refused_cheaply(match: str | None, fn, *args, **kwargs) -> None:
+    """``fn`` raises a one-line CodecError matching ``match`` and traces less than 1 MB meanwhile."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(CodecError, match=match) as info:
+            fn(*args, **kwargs)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "\n" not in str(info.value) and peak < 1 << 20, (str(info.value), peak)
+
+
+def test_crafted_headers_are_refused_in_one_line_without_large_allocations():
+    model = _model()
+    mid = model_id(model)
+    cases = {
+        "truncated before its first": [(65535, 65535, 16, 32, 64), (65535, 65535, 1, 32, 1), (65535, 1, 16, 32, 255),
+                                       (4096, 4096, 16, 32, 1), (1, 65535, 16, 32, 255)],
+        "image size": [(0, 16, 1, 32, 64), (65536, 16, 1, 32, 64), (16, 2**32 - 1, 1, 32, 64)],
+        "iteration count": [(16, 16, 0, 32, 64), (16, 16, 17, 32, 64), (16, 16, 255, 32, 64)],
+        "code depth": [(16, 16, 1, 0, 64), (16, 16, 1, 1025, 64), (16, 16, 1, 65535, 64)],
+        "tile size": [(16, 16, 1, 32, 0)],
+        "code bits per block but the model makes 32": [(65535, 65535, 16, 1024, 1), (65535, 65535, 16, 1, 64)],
+    }
+    for message, fields in cases.items():
+        for f in fields:
+            data = _crafted(*f, mid, payload=bytes(11))  # 40 bytes in all
+            for k in (None, 1):
+                _refused_cheaply(message, decompress, model, data, iterations=k)
+                _refused_cheaply(message, decompress_progressive, model, data, iterations=k)
+            _refused_cheaply(None, prefix_bitstream, data, 1)
+    # 65535×65535 at 16 iterations would need 16 × 537 MB of codes and a 12 GB image
+    huge = _crafted(65535, 65535, 16, 32, 64, mid, payload=bytes(11))
+    _refused_cheaply("truncated before its first", decompress, model, huge, iterations=16)
+    assert payload_bytes(huge) == 16 * 32 * 4096 * 4096 // 8  # arithmetic on the header only
+
+
+def test_read_bitstream_reads_no_more_than_the_header_allows_and_the_file_holds(tmp_path):
+    model = _model()
+    data = compress(model, _image(32, 32), iterations=2)
+    padded = tmp_path / "padded.rnnc"
+    padded.write_bytes(data)
+    with open(padded, "r+b") as f:
+        f.truncate(1 << 30)  # a 1 GB file (sparse: no disk used)
+    assert _peak_bytes(read_bitstream, padded) < 1 << 20
+    read = read_bitstream(padded)
+    assert read == data + b"\0"  # one byte past the declared end: enough to see the trailing data
+    with pytest.raises(CodecError, match="1 bytes of trailing data"):
+        decompress(model, read)
+    foreign = tmp_path / "foreign.bin"
+    with open(foreign, "wb") as f:
+        f.truncate(1 << 30)
+    _refused_cheaply("wrong magic", read_bitstream, foreign)
+    huge = tmp_path / "huge.rnnc"  # 40 bytes whose header declares 16 iterations of 537 MB
+    huge.write_bytes(_crafted(65535, 65535, 16, 1024, 64, model_id(model), payload=bytes(11)))
+    assert _peak_bytes(read_bitstream, huge) < 1 << 20
+    assert read_bitstream(huge) == huge.read_bytes()
+    _refused_cheaply("code bits per block", decompress, model, read_bitstream(huge))
 
 
 def test_bad_images_are_refused_with_a_clear_message():
