@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from rnncodec.data.remote import is_uri
+from rnncodec.sweeps.results import collect
 from rnncodec.sweeps.spec import Sweep, SweepError, check_resources, load_spec, trial_key
 from rnncodec.sweeps.storage import (
     SWEEP_FILE,
@@ -228,8 +229,6 @@ def resume(location: str, *, address: str | None = None, num_cpus: int | None = 
 
 def _fit(spec: Sweep, location: str, context: dict[str, Any], address: str | None, num_cpus: int | None,
          *, restore: bool, say: Callable[[str], None]) -> dict[str, Any]:
-    from rnncodec.sweeps.results import collect
-
     quiet()
     cpus, gpus = start_ray(address, num_cpus)
     check_resources(spec, cpus, gpus)
