@@ -163,7 +163,7 @@ def _curves(spec, trials, axis, metric, epochs):
 def _save_figure(path: Path, fig: Any) -> None:
     """A matplotlib Figure as PNG, written atomically."""
     buf = io.BytesIO()
-    fig.savefig(buf, dpi=110, format="png")
+    fig.savefig(buf, dpi=110, format="png", bbox_inches="tight")
     write_atomic(path, buf.getvalue())
 
 
@@ -259,7 +259,7 @@ def _reconstructions(path: Path, spec: Sweep, trials, data_location: str, fs: pa
         except RnncodecError:
             continue
         recon = evaluate(model, pixels, t["params"]["iterations"], keep=count)["reconstructions"]
-        labels.append(f"{label}\n{BPP_PER_ITERATION * t['params']['iterations']:g} bpp")
+        labels.append(f"{label.replace(', ', chr(10))}\n{BPP_PER_ITERATION * t['params']['iterations']:g} bpp")
         rows_.append(recon[-1].numpy())
     if len(rows_) == 1:
         return False
