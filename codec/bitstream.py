@@ -3,18 +3,23 @@
 Layout (big-endian)::
 
     header  magic "RNNC" | version u8 | height u32 | width u32 | iterations u8 |
-            bits per 16×16 block u16 | tile side / 16 u8 | model id 8 bytes | CRC-32 of header u32
-    then for each iteration in order:
+            bits per 16×16 block u16 | tile side / 16 u8 | model id 8 bytes |
+            (version 2:) coder u8 | CRC-32 of the header u32
+    then for each iteration in order, version 1 (raw codes):
             the code bits of the whole (padded) image, C×H/16×W/16 in C order, packed MSB first,
             then their CRC-32 u32
+    or version 2, coder 1 (entropy coded, the default):
+            payload length u32 | the iteration's bits coded by ``rnncodec.codec.entropy`` |
+            CRC-32 of the length and the payload u32
 
 Iterations follow one another, so any prefix of them decodes: ``decompress(..., iterations=k)``
-reads only the first k, and a file cut short still decodes up to its last complete iteration.
-Large images are coded in independent tiles (1024×1024 by default) to bound memory; the tile
-side is in the header so the decoder uses the same grid. Tiles of one shape go through the model
-in batches of at most 1024×1024 pixels, the same batches when encoding and decoding. The codes
-are stored raw (no entropy coding), as in the paper's curves without it: 0.125 bpp per
-iteration plus 4 bytes per iteration and 29 bytes of header.
+reads only the first k, and a file cut short still decodes up to its last complete iteration (the
+entropy coder's state runs from one iteration to the next, so a prefix is exactly the file that
+compressing with k iterations writes). Large images are coded in independent tiles (1024×1024 by
+default) to bound memory; the tile side is in the header so the decoder uses the same grid. Tiles
+of one shape go through the model in batches of at most 1024×1024 pixels, the same batches when
+encoding and decoding. Raw codes (``entropy_coding=False``, ``--raw``; the paper's curves without
+entropy coding) cost 0.125 bpp per iteration plus 4 bytes per iteration and 29 bytes of header.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import torch
 from PIL import Image
 
 from rnncodec.codec.checkpoint import model_id
+from rnncodec.codec.entropy import ContextCoder, payload_bounds
 from rnncodec.codec.errors import CodecError
 from rnncodec.codec.image import to_input, to_pixels
 from rnncodec.codec.model import RNNCodec
@@ -41,12 +47,13 @@ from rnncodec.codec.options import MAX_BITS, MAX_ITERATIONS, STRIDE
 from rnncodec.data.images import to_rgb8
 
 MAGIC = b"RNNC"
-VERSION = 1
+RAW, CONTEXT = 0, 1  # coders: raw packed bits (version 1 files), the adaptive context model (version 2)
 MAX_SIDE = 65535
 DEFAULT_TILE = 1024
-_HEADER = struct.Struct(">4sBIIBHB8s")
+_HEADERS = {1: struct.Struct(">4sBIIBHB8s"), 2: struct.Struct(">4sBIIBHB8sB")}
 _CRC = struct.Struct(">I")
-HEADER_BYTES = _HEADER.size + _CRC.size
+_LENGTH = struct.Struct(">I")
+HEADER_BYTES = _HEADERS[1].size + _CRC.size  # of a raw (version 1) file
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,15 @@ class Header:
     bits: int
     tile: int
     model_id: bytes
+    coder: int = RAW
+
+    @property
+    def version(self) -> int:
+        return 1 if self.coder == RAW else 2
+
+    @property
+    def nbytes(self) -> int:
+        return _HEADERS[self.version].size + _CRC.size
 
     @property
     def code_shape(self) -> tuple[int, int, int]:
@@ -69,23 +85,36 @@ class Header:
         return -(-c * h * w // 8)
 
     def pack(self) -> bytes:
-        raw = _HEADER.pack(MAGIC, VERSION, self.height, self.width, self.iterations, self.bits,
-                           self.tile // STRIDE, self.model_id)
+        fields = (MAGIC, self.version, self.height, self.width, self.iterations, self.bits, self.tile // STRIDE,
+                  self.model_id, *([self.coder] if self.version == 2 else []))
+        raw = _HEADERS[self.version].pack(*fields)
         return raw + _CRC.pack(zlib.crc32(raw))
+
+    def raw_file_bytes(self) -> int:
+        """Bytes of the raw (version 1) file of the same image and iterations."""
+        return HEADER_BYTES + self.iterations * (self.chunk_bytes + _CRC.size)
 
 
 def parse_header(data: bytes) -> Header:
     """Read and bound-check the header of ``data``."""
     if len(data) < HEADER_BYTES:
         raise CodecError(f"not an rnncodec file: {len(data)} bytes is shorter than the {HEADER_BYTES}-byte header")
-    raw = data[: _HEADER.size]
-    magic, version, height, width, iterations, bits, tile16, mid = _HEADER.unpack(raw)
-    if magic != MAGIC:
+    if data[:4] != MAGIC:
         raise CodecError("not an rnncodec file (wrong magic bytes); give a file written by `rnncodec compress`")
-    if version != VERSION:
-        raise CodecError(f"rnncodec file version {version} is not supported (this rnncodec reads version {VERSION}); upgrade rnncodec")
-    if _CRC.unpack_from(data, _HEADER.size)[0] != zlib.crc32(raw):
+    version = data[4]
+    if version not in _HEADERS:
+        raise CodecError(f"rnncodec file version {version} is not supported (this rnncodec reads versions 1 and 2); "
+                         "upgrade rnncodec")
+    layout = _HEADERS[version]
+    if len(data) < layout.size + _CRC.size:
+        raise CodecError(f"not an rnncodec file: {len(data)} bytes is shorter than its {layout.size + _CRC.size}-byte header")
+    raw = data[: layout.size]
+    _, _, height, width, iterations, bits, tile16, mid, *coder = layout.unpack(raw)
+    if _CRC.unpack_from(data, layout.size)[0] != zlib.crc32(raw):
         raise CodecError("the file's header is corrupted (checksum mismatch)")
+    coder = coder[0] if coder else RAW
+    if version == 2 and coder != CONTEXT:
+        raise CodecError(f"the file's codes use coder {coder}, which this rnncodec does not know; upgrade rnncodec")
     if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
         raise CodecError(f"the header's image size {width}×{height} is outside 1..{MAX_SIDE}; the file is corrupted")
     if not 1 <= iterations <= MAX_ITERATIONS:
@@ -94,7 +123,32 @@ def parse_header(data: bytes) -> Header:
         raise CodecError(f"the header's code depth {bits} is outside 1..{MAX_BITS} bits per block; the file is corrupted")
     if tile16 == 0:
         raise CodecError("the header's tile size is 0; the file is corrupted")
-    return Header(height, width, iterations, bits, tile16 * STRIDE, mid)
+    return Header(height, width, iterations, bits, tile16 * STRIDE, mid, coder)
+
+
+def _chunks(header: Header, data: bytes) -> list[tuple[int, int, int]]:
+    """(start, length, end) of the payload of each complete iteration in ``data``, in order, stopping
+    at the first one cut short; ``end`` is past the chunk's CRC. Every length is bound-checked against
+    what the header's image size allows (and so the work of decoding against the file's size)."""
+    found, offset = [], header.nbytes
+    if header.coder == RAW:
+        step = header.chunk_bytes + _CRC.size
+        complete = min(header.iterations, (len(data) - offset) // step)
+        return [(offset + t * step, header.chunk_bytes, offset + (t + 1) * step) for t in range(complete)]
+    fewest, most = payload_bounds(8 * header.chunk_bytes)
+    for t in range(header.iterations):
+        if offset + _LENGTH.size > len(data):
+            break
+        (length,) = _LENGTH.unpack_from(data, offset)
+        if not fewest <= length <= most or length % 4:
+            raise CodecError(f"iteration {t + 1} declares {length} bytes of codes, which no {header.width}×{header.height} "
+                             f"image can take ({fewest}..{most}, whole words); the file is corrupted")
+        end = offset + _LENGTH.size + length + _CRC.size
+        if end > len(data):
+            break
+        found.append((offset + _LENGTH.size, length, end))
+        offset = end
+    return found
 
 
 @contextlib.contextmanager
@@ -165,15 +219,17 @@ def _as_rgb8(image: np.ndarray | Image.Image) -> np.ndarray:
     return image
 
 
-def compress(model: RNNCodec, image: np.ndarray | Image.Image, iterations: int,
-             tile: int = DEFAULT_TILE) -> bytes:
-    """Encode an H×W×3 uint8 image with ``iterations`` iterations (0.125 bpp each)."""
+def compress(model: RNNCodec, image: np.ndarray | Image.Image, iterations: int, tile: int = DEFAULT_TILE,
+             entropy_coding: bool = True) -> bytes:
+    """Encode an H×W×3 uint8 image with ``iterations`` iterations (0.125 bpp each before entropy
+    coding); ``entropy_coding=False`` writes the raw codes (a version 1 file)."""
     image = _as_rgb8(image)
     if not 1 <= iterations <= MAX_ITERATIONS:
         raise CodecError(f"iterations must be in 1..{MAX_ITERATIONS}, got {iterations}")
     if tile % STRIDE or not STRIDE <= tile <= 255 * STRIDE:
         raise CodecError(f"tile must be a multiple of {STRIDE} in {STRIDE}..{255 * STRIDE}, got {tile}")
-    header = Header(image.shape[0], image.shape[1], iterations, model.config.bits, tile, model_id(model))
+    header = Header(image.shape[0], image.shape[1], iterations, model.config.bits, tile, model_id(model),
+                    CONTEXT if entropy_coding else RAW)
     codes = np.zeros((iterations, math.prod(header.code_shape)), dtype=bool)
     with _evaluating(model) as device:
         for th, tw, origins in _batches(header.height, header.width, tile):
@@ -182,14 +238,19 @@ def compress(model: RNNCodec, image: np.ndarray | Image.Image, iterations: int,
             for t, b in enumerate(model(x, iterations)["codes"]):
                 codes[t, positions] = (b > 0).cpu().numpy()
     parts = [header.pack()]
+    coder = ContextCoder(*header.code_shape) if entropy_coding else None
     for t in range(iterations):
-        chunk = np.packbits(codes[t]).tobytes()
-        parts += [chunk, _CRC.pack(zlib.crc32(chunk))]
+        if coder is None:
+            chunk = np.packbits(codes[t]).tobytes()
+            parts += [chunk, _CRC.pack(zlib.crc32(chunk))]
+        else:
+            chunk = _LENGTH.pack(len(payload := coder.encode(codes[t]))) + payload
+            parts += [chunk, _CRC.pack(zlib.crc32(chunk))]
     return b"".join(parts)
 
 
-def _checked(model: RNNCodec, data: bytes, iterations: int | None) -> tuple[Header, int]:
-    """The header of ``data`` and the number of iterations to decode, after checking, from the
+def _checked(model: RNNCodec, data: bytes, iterations: int | None) -> tuple[Header, list[tuple[int, int, int]]]:
+    """The header of ``data`` and the chunks of the iterations to decode, after checking, from the
     header and the length of ``data`` alone, that the file holds them intact (nothing is allocated
     for the image before that)."""
     header = parse_header(data)
@@ -199,8 +260,8 @@ def _checked(model: RNNCodec, data: bytes, iterations: int | None) -> tuple[Head
     if header.model_id != model_id(model):
         raise CodecError(f"the file was written by model {header.model_id.hex()}, not by this one "
                          f"({model_id(model).hex()}); decompress with the checkpoint that compressed it")
-    step = header.chunk_bytes + _CRC.size
-    complete = min(header.iterations, (len(data) - HEADER_BYTES) // step)
+    chunks = _chunks(header, data)
+    complete = len(chunks)
     k = header.iterations if iterations is None else iterations
     if not 1 <= k <= header.iterations:
         raise CodecError(f"the file holds {header.iterations} iterations; ask for 1..{header.iterations}, not {k}")
@@ -208,25 +269,32 @@ def _checked(model: RNNCodec, data: bytes, iterations: int | None) -> tuple[Head
         raise CodecError(f"the file is truncated: it holds {complete} complete iterations of {header.iterations}; "
                          f"decode at most {complete} (--iterations {complete})" if complete else
                          "the file is truncated before its first iteration's codes ends; nothing can be decoded")
-    if iterations is None and len(data) != HEADER_BYTES + header.iterations * step:
-        raise CodecError(f"the file has {len(data) - HEADER_BYTES - header.iterations * step} bytes of trailing data "
-                         "after its last iteration; it is corrupted or not an rnncodec file")
+    if iterations is None and len(data) != chunks[-1][2]:
+        raise CodecError(f"the file has {len(data) - chunks[-1][2]} bytes of trailing data after its last iteration; "
+                         "it is corrupted or not an rnncodec file")
     view = memoryview(data)
-    for t in range(k):
-        start = HEADER_BYTES + t * step
-        if _CRC.unpack_from(data, start + header.chunk_bytes)[0] != zlib.crc32(view[start : start + header.chunk_bytes]):
+    for t, (start, length, end) in enumerate(chunks[:k]):
+        covered = start if header.coder == RAW else start - _LENGTH.size  # version 2 checks the length too
+        if _CRC.unpack_from(data, end - _CRC.size)[0] != zlib.crc32(view[covered : start + length]):
             raise CodecError(f"the codes of iteration {t + 1} are corrupted (checksum mismatch)"
                              + (f"; iterations 1..{t} are intact (--iterations {t})" if t else ""))
-    return header, k
+    return header, chunks[:k]
+
+
+def _code_chunks(header: Header, data: bytes, chunks: list[tuple[int, int, int]]) -> list[np.ndarray]:
+    """Each iteration's codes as packed bits (the raw layout), entropy-decoded where they are coded."""
+    if header.coder == RAW:
+        return [np.frombuffer(data, np.uint8, length, start) for start, length, _ in chunks]
+    coder = ContextCoder(*header.code_shape)
+    return [np.packbits(coder.decode(data[start : start + length])) for start, length, _ in chunks]
 
 
 def _decode(model: RNNCodec, data: bytes, iterations: int | None, every: bool) -> np.ndarray:
     """Decode ``data`` tile batch by tile batch, iterations inner: a k×H×W×3 array of the
     reconstructions after each iteration if ``every``, else a 1×H×W×3 array of the last one. Codes
     are read from ``data`` per batch and iteration; the model calls are the same either way."""
-    header, k = _checked(model, data, iterations)
-    step = header.chunk_bytes + _CRC.size
-    chunks = [np.frombuffer(data, np.uint8, header.chunk_bytes, HEADER_BYTES + t * step) for t in range(k)]
+    header, complete = _checked(model, data, iterations)
+    chunks, k = _code_chunks(header, data, complete), len(complete)
     images = np.empty((k if every else 1, header.height, header.width, 3), dtype=np.uint8)
     with _evaluating(model) as device:
         for th, tw, origins in _batches(header.height, header.width, header.tile):
@@ -258,18 +326,28 @@ def decompress(model: RNNCodec, data: bytes, iterations: int | None = None) -> n
 
 
 def read_bitstream(path: str | Path) -> bytes:
-    """The bytes of an rnncodec file, read no further than its header says the file can reach (plus one
-    byte, so trailing data is still noticed): a huge foreign file costs no memory."""
+    """The bytes of an rnncodec file, read no further than its header and chunk lengths say the file can
+    reach (plus one byte, so trailing data is still noticed): a huge foreign file costs no memory."""
     path = Path(path)
     if not path.is_file():
         raise CodecError(f"no such file: {path}")
     try:
         with open(path, "rb") as f:
-            head = f.read(HEADER_BYTES)
-            header = parse_header(head)
-            # read(n) allocates n bytes up front: bound n by what the file holds, not only by the header
-            rest = max(0, os.fstat(f.fileno()).st_size - HEADER_BYTES)
-            return head + f.read(min(rest, header.iterations * (header.chunk_bytes + _CRC.size) + 1))
+            size = os.fstat(f.fileno()).st_size
+            header = parse_header(f.read(HEADER_BYTES + 1))
+            f.seek(0)
+            # read(n) allocates n bytes up front: bound every n by what the file holds, not only by the header
+            parts = [f.read(header.nbytes)]
+            if header.coder == RAW:
+                parts.append(f.read(min(size, header.iterations * (header.chunk_bytes + _CRC.size))))
+            else:
+                most = payload_bounds(8 * header.chunk_bytes)[1]
+                for _ in range(header.iterations):
+                    parts.append(length := f.read(_LENGTH.size))
+                    if len(length) < _LENGTH.size or _LENGTH.unpack(length)[0] > most:
+                        break  # cut short or corrupted: the decoder says which
+                    parts.append(f.read(min(size, _LENGTH.unpack(length)[0] + _CRC.size)))
+            return b"".join(parts) + f.read(1)
     except OSError as exc:
         raise CodecError(f"cannot read {path} ({exc.strerror or type(exc).__name__}); check the file and its permissions") from None
 
@@ -281,13 +359,13 @@ def prefix_bitstream(data: bytes, iterations: int) -> bytes:
     header = parse_header(data)
     if not 1 <= iterations <= header.iterations:
         raise CodecError(f"the file holds {header.iterations} iterations, cannot cut {iterations}")
-    step = header.chunk_bytes + _CRC.size
-    if len(data) != HEADER_BYTES + header.iterations * step:
+    chunks = _chunks(header, data)
+    if len(chunks) != header.iterations or chunks[-1][2] != len(data):
         raise CodecError("the file is truncated or has trailing data; give a complete rnncodec file")
-    return replace(header, iterations=iterations).pack() + data[HEADER_BYTES : HEADER_BYTES + iterations * step]
+    return replace(header, iterations=iterations).pack() + data[header.nbytes : chunks[iterations - 1][2]]
 
 
 def payload_bytes(data: bytes) -> int:
-    """Bytes of code bits in an rnncodec file: no header, no checksums."""
+    """Bytes of codes in an rnncodec file (after entropy coding, if any): no header, lengths or checksums."""
     header = parse_header(data)
-    return header.iterations * header.chunk_bytes
+    return sum(length for _, length, _ in _chunks(header, data))

@@ -1,8 +1,10 @@
 """Rate–distortion evaluation: our codec and classical baselines on the same images.
 
 Every point is measured on real files: bpp is the size of the whole bitstream (header, codes
-and checksums) × 8 / pixels, and ``bpp-payload`` counts only the code bits (0.125 bpp per
-iteration on images whose sides are multiples of 16). PSNR on 8-bit RGB and the standard
+and checksums; entropy-coded, version 2) × 8 / pixels, and ``bpp-payload`` counts only the coded
+bits; ``bpp-raw`` and ``bpp-payload-raw`` are the same for the raw codes (version 1 files: 0.125 bpp
+of codes per iteration on images whose sides are multiples of 16), whose curve :func:`raw_codes`
+gives. PSNR on 8-bit RGB and the standard
 5-scale MS-SSIM (pytorch-msssim, data range 255) are computed per image and then averaged
 over the set, as the published Kodak curves are; MS-SSIM in dB (−10·log10(1 − MS-SSIM)) is
 taken of that mean, as the published plots do.
@@ -31,7 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from rnncodec.codec.bitstream import compress, decompress, decompress_progressive, payload_bytes, prefix_bitstream
+from rnncodec.codec.bitstream import (
+    compress, decompress, decompress_progressive, parse_header, payload_bytes, prefix_bitstream,
+)
 from rnncodec.codec.errors import CodecError
 from rnncodec.codec.metrics import ms_ssim_db, rd_auc
 from rnncodec.codec.model import RNNCodec
@@ -44,6 +48,7 @@ from rnncodec.evaluation.quality import MIN_MS_SSIM_SIDE, image_metrics
 METRICS = ("psnr-rgb", "ms-ssim-rgb")
 AUC_RANGE = (0.125, 2.0)
 TIMINGS = ("exact", "prefix")
+RATES = ("bpp-payload", "bpp-raw", "bpp-payload-raw")  # besides the whole entropy-coded file's bpp
 
 NamedImages = list[tuple[str, np.ndarray]]
 
@@ -182,18 +187,34 @@ def evaluate_checkpoint(model: RNNCodec, images: Sequence[Any], iterations: str 
                 per_k[k] = (prefix_bitstream(data, k), recs[k - 1], enc * k / top, dec * k / top)
         for k in ks:
             data, rec, enc, dec = per_k[k]
+            header = parse_header(data)
             rows.append({"image": img_name, "iterations": k, "bytes": len(data), "bpp": file_bpp(data, pixels),
-                         "bpp-payload": file_bpp(payload_bytes(data), pixels), **image_metrics(image, rec),
+                         "bpp-payload": file_bpp(payload_bytes(data), pixels),
+                         "bpp-raw": file_bpp(header.raw_file_bytes(), pixels),
+                         "bpp-payload-raw": file_bpp(k * header.chunk_bytes, pixels), **image_metrics(image, rec),
                          "encoding_time": enc, "decoding_time": dec})
         if advance is not None:
             advance()
     if description is None:
         cfg = model.config
         description = (f"rnncodec {cfg.cell}/{cfg.mode} width {cfg.width:g}, {cfg.bits} bits per 16×16 block, "
-                       f"no entropy coding; {timing} timing on {next(model.parameters()).device}")
+                       f"entropy-coded (context model); {timing} timing on {next(model.parameters()).device}")
     return {"name": name, "description": description,
-            "results": _mean_results(rows, "iterations", extra=("bpp-payload",)),
+            "results": _mean_results(rows, "iterations", extra=RATES),
             "per_image": rows, "images": [n for n, _ in named]}
+
+
+def raw_codes(result: dict[str, Any]) -> dict[str, Any]:
+    """The curve of :func:`evaluate_checkpoint`'s result with the codes stored raw (version 1 files):
+    the same reconstructions, so the same quality, at the raw files' bpp (times are the entropy-coded
+    files', which include the entropy coder)."""
+    swap = {"bpp": "bpp-raw", "bpp-payload": "bpp-payload-raw"}
+    r = result["results"]
+    return {"name": f"{result['name']} (raw codes)",
+            "description": result["description"].replace("entropy-coded (context model)", "raw codes (version 1 files)"),
+            "results": {**{k: v for k, v in r.items() if k not in swap.values()}, **{k: r[v] for k, v in swap.items()}},
+            "per_image": [{**row, **{k: row[v] for k, v in swap.items()}} for row in result["per_image"]],
+            "images": result["images"]}
 
 
 def evaluate_baseline(key: str, images: Sequence[Any], qualities: Sequence[int] = _baselines.QUALITIES,
@@ -277,16 +298,24 @@ def compare(ours: Sequence[dict[str, Any]], baselines: Sequence[dict[str, Any]],
             anchors: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """BD-rates (%) against each baseline on PSNR and MS-SSIM dB, and AUCs over 0.125–2 bpp
     (None where a curve does not cover that range), for each of ``ours`` and, as references,
-    each published curve in ``anchors`` that has both metrics."""
+    each published curve in ``anchors`` that has both metrics; for each of ours that was entropy
+    coded, the saving per point and the BD-rate against its own raw codes."""
 
     def entry(res: dict[str, Any]) -> dict[str, Any]:
         return {"auc": {m: auc(res, m) for m in ("ms-ssim-rgb", "psnr-rgb")},
                 "bd_rate_percent": {b["name"]: {m: bd_rate(b, res, m) for m in ("psnr-rgb", "ms-ssim-db")}
                                     for b in baselines}}
 
+    def coding(res: dict[str, Any]) -> dict[str, Any]:
+        r, raw = res["results"], raw_codes(res)
+        return {"raw_curve": raw["name"],
+                "saving_percent": [100 * (1 - c / w) for c, w in zip(r["bpp"], r["bpp-raw"])],
+                "bd_rate_vs_raw_percent": {m: bd_rate(raw, res, m) for m in ("psnr-rgb", "ms-ssim-db")}}
+
     return {
         "auc_range_bpp": list(AUC_RANGE),
         "auc_rate": "bpp-payload (code bits only, as the paper's Table 2) where present, else bpp",
+        "entropy_coding": {res["name"]: coding(res) for res in ours if "bpp-raw" in res["results"]},
         "bd_rate": "whole-file bpp; Akima interpolation (bjontegaard); negative: fewer bits than the baseline",
         "codecs": {res["name"]: entry(res) for res in ours},
         "baselines": {b["name"]: {"auc": {m: auc(b, m) for m in ("ms-ssim-rgb", "psnr-rgb")}} for b in baselines},

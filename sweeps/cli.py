@@ -124,7 +124,7 @@ def _compress(args: argparse.Namespace) -> int:
 
     image = load_image(args.image)
     model = load_checkpoint(args.checkpoint)
-    data = compress(model, image, args.iterations)
+    data = compress(model, image, args.iterations, entropy_coding=not args.raw)
     write_atomic(args.out, data)
     pixels = image.shape[0] * image.shape[1]
     _console().print(f"wrote {args.out}: {len(data):,} bytes, {len(data) * 8 / pixels:.4f} bpp "
@@ -181,12 +181,18 @@ def _add_codec_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("compress", help="compress an image to an rnncodec file",
-                       description="Compress an image with a trained codec. Each iteration adds 0.125 bpp.")
+                       description="Compress an image with a trained codec. Each iteration adds 0.125 bpp of codes, "
+                       "entropy-coded by default (a version 2 file).")
     p.add_argument("image", type=Path, help="input image (PNG, JPEG, …)")
     p.add_argument("out", type=Path, help="output bitstream file")
     p.add_argument("--checkpoint", type=Path, metavar="CKPT",
                    help="trained model checkpoint (default: the model bundled with rnncodec)")
-    p.add_argument("--iterations", type=_iterations, default=8, help="iterations to code (default: 8, i.e. 1 bpp)")
+    p.add_argument("--iterations", type=_iterations, default=8,
+                   help="iterations to code, 0.125 bpp each before entropy coding (default: 8)")
+    coding = p.add_mutually_exclusive_group()
+    coding.add_argument("--entropy-coding", dest="raw", action="store_false",
+                        help="entropy-code the bits with the adaptive context model (version 2 file; the default)")
+    coding.add_argument("--raw", action="store_true", help="store the bits raw (version 1 file, the old layout)")
     p.set_defaults(func=_compress)
 
     p = sub.add_parser("decompress", help="decompress an rnncodec file to PNG",
@@ -413,20 +419,22 @@ def _eval(args: argparse.Namespace) -> int:
         for model, name, path in zip(models, _names(checkpoints), checkpoints):
             task = progress.add_task(name[:12], total=len(images))
             cfg = model.config
-            desc = (f"rnncodec {cfg.cell}/{cfg.mode} width {cfg.width:g} from {path}; real bitstream, no entropy "
-                    f"coding; {args.timing} timing on {device}")
+            desc = (f"rnncodec {cfg.cell}/{cfg.mode} width {cfg.width:g} from {path}; real bitstream, entropy-coded "
+                    f"(context model); {args.timing} timing on {device}")
             ours.append(rd.evaluate_checkpoint(model, images, iterations, name=name, description=desc,
                                                timing=args.timing, advance=lambda t=task: progress.advance(t)))
         for key in keys:
             task = progress.add_task(key, total=len(images))
             base.append(rd.evaluate_baseline(key, images, qualities, advance=lambda t=task: progress.advance(t)))
+    raws = [rd.raw_codes(res) for res in ours]
     summary = rd.compare(ours, base, anchors)
+    summary["codecs"].update(rd.compare(raws, base)["codecs"])
     summary["images"] = {"folder": str(args.images), "count": len(images), "crop": args.crop,
                          "names": [n for n, _ in images]}
     summary["iterations"] = iterations
-    paths = write_results(args.out, [*ours, *base], summary)
+    paths = write_results(args.out, [*ours, *raws, *base], summary)
     title = f"{len(images)} images from {args.images.name}" + (f", {args.crop}×{args.crop} crops" if args.crop else "")
-    paths += rd_plot([*ours, *base], anchors, args.out, title=title)
+    paths += rd_plot([*ours, *raws, *base], anchors, args.out, title=title)
     _print_eval(console, ours, summary)
     console.print(f"wrote {len(paths)} files to {args.out}: " + ", ".join(p.name for p in paths))
     return 0
@@ -438,13 +446,17 @@ def _print_eval(console: Any, ours: list[dict], summary: dict) -> None:
     for res in ours:
         r = res["results"]
         table = Table(title=res["name"], title_justify="left")
-        for col in ("k", "bpp", "payload bpp", "PSNR dB", "MS-SSIM", "MS-SSIM dB", "enc s", "dec s"):
+        for col in ("k", "bpp", "raw bpp", "saving", "PSNR dB", "MS-SSIM", "MS-SSIM dB", "enc s", "dec s"):
             table.add_column(col, justify="right")
         for i, k in enumerate(r["iterations"]):
-            table.add_row(str(k), _fmt(r["bpp"][i], ".4f"), _fmt(r["bpp-payload"][i], ".4f"), _fmt(r["psnr-rgb"][i]),
+            table.add_row(str(k), _fmt(r["bpp"][i], ".4f"), _fmt(r["bpp-raw"][i], ".4f"),
+                          f"{100 * (1 - r['bpp'][i] / r['bpp-raw'][i]):.1f}%", _fmt(r["psnr-rgb"][i]),
                           _fmt(r["ms-ssim-rgb"][i], ".4f"), _fmt(r["ms-ssim-db"][i]),
                           _fmt(r["encoding_time"][i], ".3f"), _fmt(r["decoding_time"][i], ".3f"))
         console.print(table)
+        coding = summary["entropy_coding"][res["name"]]["bd_rate_vs_raw_percent"]
+        console.print("BD-rate of entropy coding vs the raw codes: "
+                      + "; ".join(f"{m} {_fmt(v['bd_rate'], '+.1f')}%" for m, v in coding.items()))
         entry = summary["codecs"][res["name"]]
         auc = entry["auc"]
         console.print(f"AUC 0.125–2 bpp: MS-SSIM {_fmt(auc['ms-ssim-rgb'], '.4f')}, PSNR {_fmt(auc['psnr-rgb'])}")

@@ -46,15 +46,21 @@ def test_every_command_has_help(command):
 def test_compress_then_decompress_full_and_a_prefix(trained, tmp_path):
     image = np.random.default_rng(1).integers(0, 256, (45, 70, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "in.png")
-    result = run("compress", str(tmp_path / "in.png"), str(tmp_path / "in.rnnc"), "--checkpoint", str(trained),
-                 "--iterations", "2")
-    assert result.returncode == 0, result.stderr
-    size = (tmp_path / "in.rnnc").stat().st_size
-    assert size == 29 + 2 * (3 * 5 * 32 // 8 + 4)
-    for extra in ([], ["--iterations", "1"]):
-        result = run("decompress", str(tmp_path / "in.rnnc"), str(tmp_path / "out.png"), "--checkpoint", str(trained), *extra)
+    decoded = {}
+    for coding in ("--raw", "--entropy-coding"):
+        result = run("compress", str(tmp_path / "in.png"), str(tmp_path / f"in{coding}.rnnc"), "--checkpoint",
+                     str(trained), "--iterations", "2", coding)
         assert result.returncode == 0, result.stderr
-        assert Image.open(tmp_path / "out.png").size == (70, 45)
+        for extra in ([], ["--iterations", "1"]):
+            result = run("decompress", str(tmp_path / f"in{coding}.rnnc"), str(tmp_path / "out.png"), "--checkpoint",
+                         str(trained), *extra)
+            assert result.returncode == 0, result.stderr
+            decoded[coding, len(extra)] = np.asarray(Image.open(tmp_path / "out.png"))
+            assert decoded[coding, len(extra)].shape == (45, 70, 3)
+    assert (tmp_path / "in--raw.rnnc").stat().st_size == 29 + 2 * (3 * 5 * 32 // 8 + 4)
+    assert (tmp_path / "in--entropy-coding.rnnc").read_bytes()[4] == 2  # version 2: entropy coded
+    for extra in (0, 2):
+        assert np.array_equal(decoded["--raw", extra], decoded["--entropy-coding", extra])  # lossless
 
 
 def test_bad_input_gives_one_clear_line(trained, tmp_path):

@@ -28,6 +28,7 @@ from rnncodec.evaluation.rd import (
     file_bpp,
     image_metrics,
     parse_iterations,
+    raw_codes,
 )
 from rnncodec.sweeps import cli
 
@@ -103,14 +104,20 @@ def test_evaluate_checkpoint_counts_the_real_bitstream_and_prefix_timing_changes
     r = exact["results"]
     assert r["iterations"] == [1, 2] and COMPRESSAI_KEYS <= set(r)
     for row in exact["per_image"]:
-        h, w = dict(images)[row["image"]].shape[:2]
+        image = dict(images)[row["image"]]
+        h, w = image.shape[:2]
         chunk = -(-h // 16) * -(-w // 16) * 32 // 8  # 32 code bits per 16×16 block
-        assert row["bytes"] == HEADER_BYTES + row["iterations"] * (chunk + 4)
+        assert row["bytes"] == len(compress(model, image, row["iterations"]))  # the real (entropy-coded) file
         assert row["bpp"] == row["bytes"] * 8 / (h * w)
-        assert row["bpp-payload"] == row["iterations"] * chunk * 8 / (h * w)
+        assert row["bpp-raw"] == (HEADER_BYTES + row["iterations"] * (chunk + 4)) * 8 / (h * w)
+        assert row["bpp-raw"] * h * w / 8 == len(compress(model, image, row["iterations"], entropy_coding=False))
+        assert row["bpp-payload-raw"] == row["iterations"] * chunk * 8 / (h * w)
+        assert row["bpp-payload"] < row["bpp"] and row["bpp"] < row["bpp-raw"]
     assert np.mean([row["bpp"] for row in exact["per_image"] if row["iterations"] == 2]) == r["bpp"][1]
-    for key in ("bpp", "bpp-payload", "psnr-rgb", "ms-ssim-rgb"):
+    for key in ("bpp", "bpp-payload", "bpp-raw", "psnr-rgb", "ms-ssim-rgb"):
         assert prefix["results"][key] == r[key], key
+    raw = raw_codes(exact)
+    assert raw["results"]["bpp"] == r["bpp-raw"] and raw["results"]["psnr-rgb"] == r["psnr-rgb"]
 
 
 def test_bad_iteration_specs_and_baselines_are_clean_errors():
@@ -192,14 +199,18 @@ def test_eval_of_a_small_checkpoint_on_two_kodak_images(tiny_ckpt, tmp_path):
         assert {"name", "description", "results"} <= set(d) and COMPRESSAI_KEYS <= set(d["results"])
         assert all(len(v) == 2 for v in d["results"].values())
     ours = json.loads((out / "rnncodec.json").read_text())["results"]
-    assert ours["iterations"] == [1, 2] and ours["bpp-payload"] == [0.125, 0.25]
-    # 256×256: 29-byte header plus, per iteration, 256 blocks × 32 bits and a 4-byte CRC
-    assert ours["bpp"] == [(HEADER_BYTES + k * (1024 + 4)) * 8 / 256**2 for k in (1, 2)]
+    raw = json.loads((out / "rnncodec-raw-codes.json").read_text())["results"]
+    assert ours["iterations"] == raw["iterations"] == [1, 2] and raw["bpp-payload"] == [0.125, 0.25]
+    # raw: 29-byte header plus, per iteration, 256 blocks × 32 bits and a 4-byte CRC; entropy coding saves
+    assert raw["bpp"] == [(HEADER_BYTES + k * (1024 + 4)) * 8 / 256**2 for k in (1, 2)]
+    assert all(c < w for c, w in zip(ours["bpp"], raw["bpp"])) and raw["psnr-rgb"] == ours["psnr-rgb"]
     rows = list(csv.DictReader((out / "per_image.csv").open()))
-    assert len(rows) == 2 * 2 + 2 * 2
+    assert len(rows) == 2 * 2 * 2 + 2 * 2
     assert {r["image"] for r in rows} == {"kodim01.png", "kodim02.png"}
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["codecs"]["rnncodec"]["bd_rate_percent"]["JPEG"]) == {"psnr-rgb", "ms-ssim-db"}
+    assert "rnncodec (raw codes)" in summary["codecs"]
+    assert summary["entropy_coding"]["rnncodec"]["saving_percent"][0] > 0
     for stem in ("rd_psnr", "rd_ms-ssim", "rd_ms-ssim-db"):
         assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

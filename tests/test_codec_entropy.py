@@ -1,0 +1,128 @@
+"""Entropy coding of the codes (bitstream version 2): lossless, progressive, the same in any process and
+thread count, within 1% of the model's ideal code length, and bounded on hostile files."""
+
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+from rnncodec.codec import CodecError, bitstream, compress, decompress, decompress_progressive, load_checkpoint
+from rnncodec.codec.bitstream import parse_header, payload_bytes, prefix_bitstream
+from rnncodec.codec.entropy import ContextCoder, payload_bounds
+from rnncodec.data.photos import sample_images
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_checkpoint()  # the bundled model: real codes, with the statistics entropy coding exploits
+
+
+@pytest.fixture(scope="module")
+def photos():
+    images = dict(sample_images())
+    return [images["coffee"][40:104, 60:108], images["astronaut"][100:197, 200:330], images["chelsea"][:160, :224]]
+
+
+def _raw_codes(data: bytes) -> np.ndarray:
+    """The k × C × H/16 × W/16 bits of a raw (version 1) file."""
+    header = parse_header(data)
+    return np.stack([np.unpackbits(np.frombuffer(data, np.uint8, length, start), count=8 * length)
+                     [: np.prod(header.code_shape)].reshape(header.code_shape)
+                     for start, length, _ in bitstream._chunks(header, data)])
+
+
+def test_entropy_coding_is_lossless_and_progressive_on_several_images_and_sizes(model, photos):
+    for image in photos:
+        coded, raw = compress(model, image, 4), compress(model, image, 4, entropy_coding=False)
+        assert parse_header(coded).version == 2
+        assert len(coded) < len(raw) or image.size < 20_000  # a tiny image pays 4 bytes a chunk for its length
+        for k in range(1, 5):
+            assert np.array_equal(decompress(model, coded, iterations=k), decompress(model, raw, iterations=k))
+            assert prefix_bitstream(coded, k) == compress(model, image, k)  # a prefix is the file of k iterations
+        assert all(np.array_equal(a, b) for a, b in zip(decompress_progressive(model, coded),
+                                                       decompress_progressive(model, raw)))
+
+
+def test_the_coded_size_is_within_one_percent_of_the_ideal_code_length(model, photos):
+    for image in photos:
+        raw = compress(model, image, 6, entropy_coding=False)
+        codes = _raw_codes(raw)
+        coder = ContextCoder(*codes.shape[1:])
+        payloads = [coder.encode(plane) for plane in codes]
+        coded = compress(model, image, 6)
+        assert payload_bytes(coded) == sum(map(len, payloads))
+        assert 8 * payload_bytes(coded) <= 1.01 * coder.ideal_bits + 32 * len(payloads)  # ≤ one word per iteration
+        if image.size > 20_000:
+            assert coder.ideal_bits < 0.95 * codes.size  # and the model does predict
+
+
+CODER = """
+import sys, numpy as np, torch
+torch.set_num_threads(int(sys.argv[1]))
+from rnncodec.codec import compress, decompress, load_checkpoint
+from rnncodec.codec.bitstream import _chunks, _code_chunks, parse_header
+from rnncodec.data.photos import sample_images
+model = load_checkpoint()
+image = dict(sample_images())["coffee"][40:136, 60:188]
+if sys.argv[2] == "encode":
+    sys.stdout.buffer.write(compress(model, image, 5))
+else:
+    data = sys.stdin.buffer.read()
+    header = parse_header(data)
+    codes = _code_chunks(header, data, _chunks(header, data))
+    raw = compress(model, image, 5, entropy_coding=False)
+    assert all(np.array_equal(c, r) for c, r in zip(codes, _code_chunks(parse_header(raw), raw, _chunks(parse_header(raw), raw))))
+    assert np.array_equal(decompress(model, data), decompress(model, raw))
+    print("same codes")
+"""
+
+
+def test_files_decode_the_same_in_a_fresh_process_with_another_thread_count(model):
+    encoded = subprocess.run([sys.executable, "-c", CODER, "1", "encode"], capture_output=True, timeout=300)
+    assert encoded.returncode == 0, encoded.stderr.decode()[-2000:]
+    decoded = subprocess.run([sys.executable, "-c", CODER, "2", "decode"], input=encoded.stdout, capture_output=True,
+                             timeout=300)
+    assert decoded.returncode == 0 and decoded.stdout.strip() == b"same codes", decoded.stderr.decode()[-2000:]
+
+
+def _with_crc(chunk: bytes) -> bytes:
+    return chunk + struct.pack(">I", zlib.crc32(chunk))
+
+
+def test_hostile_lengths_and_payloads_are_refused_or_decode_without_harm(model, photos):
+    data = compress(model, photos[0], 2)
+    header = parse_header(data)
+    head = data[: header.nbytes]
+    fewest, most = payload_bounds(8 * header.chunk_bytes)
+    for length in (0, 3, fewest - 4, most + 4, 2**32 - 1, fewest + 2):
+        hostile = head + _with_crc(struct.pack(">I", length) + bytes(min(length, 64)))
+        with pytest.raises(CodecError, match="iteration 1 declares|truncated") as info:
+            decompress(model, hostile, iterations=1)
+        assert "\n" not in str(info.value)
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # garbage under a valid length and CRC: some codes, never a crash
+        length = int(rng.integers(fewest // 4, most // 4)) * 4
+        junk = _with_crc(struct.pack(">I", length) + rng.integers(0, 256, length, dtype=np.uint8).tobytes())
+        try:
+            out = decompress(model, head + junk, iterations=1)
+        except CodecError as exc:
+            assert "\n" not in str(exc)
+        else:
+            assert out.shape == photos[0].shape
+    unknown = bytearray(head)
+    unknown[-5] = 7  # the coder byte, with the header's CRC made valid again
+    unknown[-4:] = struct.pack(">I", zlib.crc32(bytes(unknown[:-4])))
+    with pytest.raises(CodecError, match="coder 7"):
+        decompress(model, bytes(unknown) + data[header.nbytes :])
+
+
+def test_a_tiny_file_cannot_declare_a_huge_image(model):
+    """A version 2 header for 65535×65535 at 16 iterations with a few bytes of codes: the smallest
+    payload such an image can take is ~24 MB per iteration, so it is refused from the lengths alone."""
+    header = bitstream.Header(65535, 65535, 16, 32, 1024, bitstream.model_id(model), bitstream.CONTEXT)
+    hostile = header.pack() + _with_crc(struct.pack(">I", 64) + bytes(64))
+    with pytest.raises(CodecError, match="iteration 1 declares 64 bytes"):
+        decompress(model, hostile)
