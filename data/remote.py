@@ -1,5 +1,6 @@
 """Remote storage: opening pyarrow filesystems without hanging, and prepared folders on shared or remote
-filesystems (pyarrow URIs), copied once to the local cache and verified."""
+filesystems (pyarrow URIs): published once from the machine that prepared them, copied once to each
+machine's local cache and verified."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -16,7 +18,7 @@ import pyarrow.fs as pafs
 from rnncodec.data import cache
 from rnncodec.data.errors import DataError, RnncodecError
 from rnncodec.data.progress import progress_bar
-from rnncodec.data.shards import MANIFEST, MAX_MANIFEST_BYTES, parse_manifest
+from rnncodec.data.shards import MANIFEST, MAX_MANIFEST_BYTES, parse_manifest, read_manifest
 
 T = TypeVar("T")
 # A missing bucket or absent credentials can make a cloud filesystem retry for many minutes in silence.
@@ -50,17 +52,33 @@ def within(seconds: float, what: str, call: Callable[[], T]) -> T:
     return box["value"]  # type: ignore[return-value]
 
 
+def _probe(fs: pafs.FileSystem, limit: float) -> pafs.FileSystem:
+    """``fs`` or, for S3, a copy whose requests give up after a tenth of ``limit`` without an answer (at
+    least 1 s, curl's resolution): pyarrow waits for requests still running when the process exits, and
+    its defaults keep a silent endpoint's request running for minutes after ``within`` has given up."""
+    if not isinstance(fs, pafs.S3FileSystem):
+        return fs
+    _, (options,) = fs.__reduce__()  # the filesystem's options, as pickling copies them
+    seconds = max(1.0, limit / 10)
+    return pafs.S3FileSystem(**{**options, "connect_timeout": seconds, "request_timeout": seconds})
+
+
 def open_filesystem(location: str, timeout: float | None = None) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem and path for a local folder or a URI (``s3://…``, ``gs://…``, ``file://…``),
     after one listing of the path has answered (so credentials and buckets are tried now, with a time
     limit, rather than in the middle of a run)."""
     if not is_uri(location):
         return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
+    if urlsplit(location).password is not None:
+        # named without the URI, which holds the secret
+        raise RnncodecError("a storage URI holds a secret key; give credentials through the environment "
+                            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS) or the "
+                            "machine's role, never in the URI, which is printed and stored")
     limit = TIMEOUT_S if timeout is None else timeout
 
     def connect() -> tuple[pafs.FileSystem, str]:
         fs, path = pafs.FileSystem.from_uri(location)
-        fs.get_file_info(path.rstrip("/") or "/")
+        _probe(fs, limit).get_file_info(path.rstrip("/") or "/")
         return fs, path.rstrip("/")
 
     try:
@@ -80,19 +98,53 @@ def _failed(what: str, uri: str, exc: BaseException) -> DataError:
     return DataError(f"cannot {what} from {uri} ({exc}); check the URI and your credentials")
 
 
+def _remote(uri: str) -> tuple[pafs.FileSystem, str]:
+    try:
+        return open_filesystem(uri)
+    except RnncodecError as exc:
+        raise DataError(str(exc)) from None
+
+
+def _remote_manifest(fs: pafs.FileSystem, root: str, uri: str) -> bytes:
+    """The bytes of the manifest at ``uri`` (at most one more than a manifest may hold)."""
+    try:
+        with fs.open_input_stream(f"{root}/{MANIFEST}") as stream:
+            return stream.read(MAX_MANIFEST_BYTES + 1)
+    except (OSError, pa.ArrowException) as exc:
+        raise _failed(f"read {MANIFEST}", uri, exc) from None
+
+
+def publish(folder: str | Path, uri: str) -> str:
+    """Copy the prepared ``folder`` to ``uri`` (e.g. into a sweep's S3 folder) so that machines sharing no
+    disk with this one can ``fetch`` it; return ``uri``. The shards go first and the manifest last, so a
+    reader never finds a manifest whose shards are missing; a copy with the same manifest is kept."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    manifest_bytes = (folder / MANIFEST).read_bytes()
+    names = [s["file"] for entry in manifest["splits"].values() for s in entry["shards"]] + [MANIFEST]
+    fs, root = _remote(uri)
+    try:
+        there = fs.get_file_info(f"{root}/{MANIFEST}").type == pafs.FileType.File
+        if there and _remote_manifest(fs, root, uri) == manifest_bytes:
+            return uri
+        fs.create_dir(root, recursive=True)
+        with progress_bar(f"copying {folder.name} to {uri}", len(names)) as advance:
+            for name in names:
+                pafs.copy_files(str(folder / name), f"{root}/{name}", source_filesystem=pafs.LocalFileSystem(),
+                                destination_filesystem=fs)
+                advance(1)
+    except (OSError, pa.ArrowException) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise DataError(f"cannot copy {folder} to {uri} ({first}); check the URI and your credentials") from None
+    return uri
+
+
 def fetch(uri: str, cache_dir: str | Path | None = None) -> Path:
     """Copy the prepared folder at ``uri`` into ``cache_dir/remote/`` once. The manifest is checked before
     anything is written, and every shard against its size and sha256 before the copy becomes visible. A
     changed remote manifest makes a new copy."""
-    try:
-        fs, root = open_filesystem(uri)
-    except RnncodecError as exc:
-        raise DataError(str(exc)) from None
-    try:
-        with fs.open_input_stream(f"{root}/{MANIFEST}") as stream:
-            manifest_bytes = stream.read(MAX_MANIFEST_BYTES + 1)
-    except (OSError, pa.ArrowException) as exc:
-        raise _failed(f"read {MANIFEST}", uri, exc) from None
+    fs, root = _remote(uri)
+    manifest_bytes = _remote_manifest(fs, root, uri)
     if len(manifest_bytes) > MAX_MANIFEST_BYTES:
         raise DataError(f"{uri}/{MANIFEST} is larger than {MAX_MANIFEST_BYTES >> 20} MB, which no manifest is")
     manifest = parse_manifest(manifest_bytes, f"{uri}/{MANIFEST}", "give the URI of a prepared folder")

@@ -39,8 +39,9 @@ def _trial_states(fs: pafs.FileSystem, root: str) -> dict[str, dict[str, Any]]:
 
 
 def collect(location: str) -> tuple[Sweep, list[dict[str, Any]]]:
-    """The sweep and one record per trial: folder, status, failures, params, repeat, epoch, history,
-    the newest complete checkpoint and ``checkpoints`` (epoch → folder of every complete one)."""
+    """The sweep and one record per trial: folder, status, failures, when the driver last started it,
+    params, repeat, epoch, history, the newest complete checkpoint and ``checkpoints`` (epoch → folder of
+    every complete one)."""
     stored = read_sweep_file(location)
     spec = Sweep.from_dict(stored["spec"])
     fs, root = filesystem(location)
@@ -52,8 +53,8 @@ def collect(location: str) -> tuple[Sweep, list[dict[str, Any]]]:
         state = states.get(name, {})
         config = state.get("config") if isinstance(state.get("config"), dict) else {}
         record = {"trial": name, "status": state.get("status", "PENDING"), "failures": state.get("failures", 0),
-                  "error": state.get("error"), "config": config, "params": {}, "repeat": None, "epoch": 0,
-                  "history": [], "checkpoint": None, "checkpoints": {}}
+                  "error": state.get("error"), "started": state.get("started"), "config": config, "params": {},
+                  "repeat": None, "epoch": 0, "history": [], "checkpoint": None, "checkpoints": {}}
         for epoch, folder, meta in checkpoints(fs, f"{root}/{name}") if name in folders else []:
             if meta is None or not is_complete(fs, folder, meta) or not isinstance(meta.get("history"), list):
                 continue  # not a saved epoch

@@ -3,9 +3,11 @@
 A sweep lives in one folder, ``STORAGE/NAME`` (a local folder or a pyarrow URI such as
 ``s3://bucket/sweeps/NAME``): Tune's experiment state and trial folders, each trial's checkpoints,
 ``sweep.json`` (the validated sweep file, the prepared data's location, the W&B settings and the
-sweep's id) and, for local storage, the offline W&B runs under ``wandb/``. ``resume`` needs only
-that folder. Everything that can be checked is checked before Ray starts or data is prepared: the
-sweep file, the storage (written to once), the resources and the W&B version.
+sweep's id), for local storage the offline W&B runs under ``wandb/`` and, for remote storage, the
+prepared data under ``data/``, from where every node copies it to its own cache: the nodes of a
+cluster need share no disk. ``resume`` needs only that folder. Everything that can be checked is
+checked before Ray starts or data is prepared: the sweep file, the storage (written to once), the
+resources and the W&B version.
 """
 
 from __future__ import annotations
@@ -22,14 +24,16 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from rnncodec.data.remote import is_uri
+from rnncodec.data.remote import is_uri, publish
 from rnncodec.sweeps.results import collect
 from rnncodec.sweeps.spec import Sweep, SweepError, check_resources, load_spec, trial_key
 from rnncodec.sweeps.storage import (
+    DATA_FOLDER,
     SWEEP_FILE,
     check_writable,
-    experiment_location,
+    child,
     filesystem,
+    parent,
     read_sweep_file,
     write_sweep_file,
 )
@@ -76,6 +80,35 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _cluster_address(address: str | None) -> str | None:
+    """``--address``, else ``RAY_ADDRESS`` (set for a driver started by ``ray job submit``), else None:
+    start a local Ray."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def _join(address: str, **kwargs: Any) -> None:
+    """``ray.init(address=…)``, or SweepError in one line. With token authentication Ray takes the token
+    itself (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``); it is never printed."""
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError, AuthenticationError) as exc:
+        causes, cause = [], exc
+        while cause is not None and len(causes) < 10:
+            causes.append(cause)
+            cause = cause.__cause__ or cause.__context__
+        # Ray reports a refused token inside the text of its connection error, not as its type
+        if any(isinstance(c, AuthenticationError) or "InvalidAuthToken" in str(c) for c in causes):
+            raise SweepError(f"the Ray cluster at {address} refused this machine's authentication token; set "
+                             "RAY_AUTH_MODE=token and give the cluster's token in RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN "
+                             "or ~/.ray/auth_token (`ray get-auth-token` on the head node prints it)") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise SweepError(f"cannot join the Ray cluster at {address} ({first}); give the head node's HOST:PORT "
+                         "(its GCS port, 6379 by default) and check that the cluster is running") from None
+
+
 def start_ray(address: str | None, num_cpus: int | None) -> tuple[float, float]:
     """Join ``address`` or start a local Ray (dashboard off, bounded object store) unless one is
     already running in this process; return the cluster's CPUs and GPUs."""
@@ -84,7 +117,7 @@ def start_ray(address: str | None, num_cpus: int | None) -> tuple[float, float]:
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": True, "logging_level": logging.WARNING}
         if address:
-            ray.init(address=address, **kwargs)
+            _join(address, **kwargs)
         else:
             ray.init(num_cpus=num_cpus, object_store_memory=OBJECT_STORE_BYTES, include_dashboard=False, **kwargs)
     res = ray.cluster_resources()
@@ -166,7 +199,7 @@ def build_tuner(spec: Sweep, location: str, context: dict[str, Any], gpus_availa
     checkpoint_config = tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints, checkpoint_score_attribute=spec.metric,
                                               checkpoint_score_order=spec.mode)
     run_config = tune.RunConfig(
-        name=spec.name, storage_path=location.rsplit("/", 1)[0], checkpoint_config=checkpoint_config,
+        name=spec.name, storage_path=parent(location), checkpoint_config=checkpoint_config,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         verbose=1, progress_reporter=_reporter(spec), callbacks=[StatusWriter(location)],
     )
@@ -197,7 +230,8 @@ def run(spec_path: str | Path | Sweep, *, name: str | None = None, storage: str 
         raw["name"] = name or raw["name"]
         raw["storage"] = storage or raw["storage"]
         spec = Sweep.from_dict(raw)
-    location = experiment_location(spec.storage, spec.name)
+    address = _cluster_address(address)
+    location = child(spec.storage, spec.name)
     say(f"checking storage {location} …")
     check_writable(location)
     fs, path = filesystem(location)
@@ -208,7 +242,11 @@ def run(spec_path: str | Path | Sweep, *, name: str | None = None, storage: str 
         check_resources(spec, float(num_cpus or os.cpu_count() or 1), float(_local_gpus()))
     wandb = _settings(spec, location)
     say(f"preparing data ({spec.data['source'] or spec.data['location']}) …")
-    context = {"data": prepare_data(spec), "experiment": location, "uid": secrets.token_hex(4), "wandb": wandb,
+    data = prepare_data(spec)
+    if not isinstance(fs, pafs.LocalFileSystem) and not is_uri(data):
+        say(f"copying the prepared data to {child(location, DATA_FOLDER)}, from where every node reads it …")
+        data = publish(data, child(location, DATA_FOLDER))
+    context = {"data": data, "experiment": location, "uid": secrets.token_hex(4), "wandb": wandb,
                "fail_after_epoch": fail_after_epoch}
     write_sweep_file(location, {"spec": spec.to_dict(), "context": context, "created": time.time(), "version": 1})
     return _fit(spec, location, context, address, num_cpus, restore=False, say=say)
@@ -217,6 +255,7 @@ def run(spec_path: str | Path | Sweep, *, name: str | None = None, storage: str 
 def resume(location: str, *, address: str | None = None, num_cpus: int | None = None,
            say: Callable[[str], None] = print) -> dict[str, Any]:
     """Continue the unfinished and errored trials of the sweep in ``location`` from their checkpoints."""
+    address = _cluster_address(address)
     if not is_uri(location):
         location = str(Path(location).expanduser().resolve())
     stored = read_sweep_file(location)

@@ -1,6 +1,7 @@
 """What a sweep keeps in its folder (``STORAGE/NAME``, a local folder or a pyarrow URI): ``sweep.json``,
-and per trial the ``checkpoint_*`` folders holding ``state.pt`` and ``meta.json``. Reading and writing
-them, on any pyarrow filesystem, is done here only."""
+per trial the ``checkpoint_*`` folders holding ``state.pt`` and ``meta.json`` and, on remote storage,
+the prepared data under ``data/`` (so nodes that share no disk read the same shards). Reading and
+writing them, on any pyarrow filesystem, is done here only."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from rnncodec.sweeps.spec import SweepError
 
 SWEEP_FILE = "sweep.json"
 TRIALS_FILE = "trials.json"  # the trials' states, written by the driver (trial_status.StatusWriter)
+DATA_FOLDER = "data"  # the prepared data, published into a sweep folder on remote storage
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 TRIAL_FORMAT = "rnncodec-trial"
@@ -37,10 +39,21 @@ def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
         raise SweepError(str(exc)) from None
 
 
-def experiment_location(storage: str, name: str) -> str:
-    if is_uri(storage):
-        return f"{storage.rstrip('/')}/{name}"
-    return str(Path(storage).expanduser().resolve() / name)
+def child(location: str, name: str) -> str:
+    """``location/name`` for a folder or a URI, keeping a URI's options after the path
+    (``s3://bucket/sweeps?endpoint_override=host:port`` → ``s3://bucket/sweeps/name?endpoint_override=host:port``)."""
+    if not is_uri(location):
+        return str(Path(location).expanduser().resolve() / name)
+    path, mark, options = location.partition("?")
+    return f"{path.rstrip('/')}/{name}{mark}{options}"
+
+
+def parent(location: str) -> str:
+    """The folder or URI holding ``location`` (its options kept), the inverse of :func:`child`."""
+    if not is_uri(location):
+        return str(Path(location).expanduser().resolve().parent)
+    path, mark, options = location.partition("?")
+    return f"{path.rstrip('/').rsplit('/', 1)[0]}{mark}{options}"
 
 
 def read_json(fs: pafs.FileSystem, path: str) -> Any:

@@ -15,6 +15,9 @@ W&B gets each epoch only after its checkpoint is stored, at step = the trial's r
 only grows, across attempts): when a resume falls back past an unreadable checkpoint, the epochs run
 again are logged after the ones W&B already holds instead of being rejected, and every point carries
 its ``epoch``, the x-axis of the trial's charts.
+
+Every epoch also records where and when it ran: the Ray node (``node_id``, ``node_ip``), the device and
+``CUDA_VISIBLE_DEVICES``, the Unix times of the attempt's first step and of the epoch's end.
 """
 
 from __future__ import annotations
@@ -144,8 +147,24 @@ def _save(folder: Path, state: dict[str, Any]) -> None:
     (folder / META_FILE).write_text(json.dumps(meta, default=float))
 
 
+def _numbers(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The numeric entries of ``metrics`` (what W&B charts; the node and device are text)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
 def _warn(message: str) -> None:
     print(f"rnncodec sweep: warning: {message}", file=sys.stderr, flush=True)
+
+
+def trial_device(gpus_assigned: bool, trial_name: str, warn: Callable[[str], None] = _warn) -> torch.device:
+    """CUDA where this process sees a GPU; otherwise the CPU, with one warning when the trial was given a
+    GPU (or a share of one) that CUDA cannot reach, e.g. on a node that declares GPUs it lacks."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if gpus_assigned:
+        warn(f"trial {trial_name} was given GPU {os.environ.get('CUDA_VISIBLE_DEVICES', '?')} "
+             "(CUDA_VISIBLE_DEVICES) but CUDA is not available here; training on the CPU")
+    return torch.device("cpu")
 
 
 def run_trial(
@@ -162,12 +181,14 @@ def run_trial(
     device: torch.device | None = None,
     warn: Callable[[str], None] = _warn,
     fail_after_epoch: int | None = None,
+    where: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train one configuration; ``report(metrics, checkpoint_folder)`` once per epoch.
 
     ``places`` are trial folders whose ``checkpoint_*`` sub-folders are tried (newest epoch first)
     before starting from scratch. ``fail_after_epoch`` raises :class:`InjectedFailure` once, right after
-    that epoch's checkpoint, in an attempt that started from scratch. Returns the last metrics.
+    that epoch's checkpoint, in an attempt that started from scratch. ``where`` (e.g. the node) is
+    recorded with every epoch. Returns the last metrics.
     """
     wall_start = time.perf_counter()
     key, seed = trial_key(params, repeat), trial_seed(params, repeat)
@@ -208,9 +229,10 @@ def run_trial(
               **(wandb_settings or {}).get("config", {})}
     logger = TrialLogger(wandb_settings, run_id or key, trial_name, config)
     if history and logger.next_step() <= state["report"]:
-        logger.log(history[-1], step=state["report"])  # the attempt before may have stopped before logging it
+        logger.log(_numbers(history[-1]), step=state["report"])  # the attempt before may have stopped before logging it
     wandb_time = logger.init_seconds
     setup_time = time.perf_counter() - wall_start
+    first_step_at = time.time()
     shown = val_pixels[: (wandb_settings or {}).get("images", 8)]
     images_every = (wandb_settings or {}).get("images_every", 0)
     batches = _endless(loader)
@@ -233,6 +255,7 @@ def run_trial(
                 "repeat": repeat, "seed": seed, "trial_key": key,
                 "resumed_from_epoch": started_at if state is not None else -1,
                 "train/step_loss": float(np.mean(losses)), "setup_time": setup_time, "wandb_time": wandb_time,
+                "first_step_at": first_step_at, "epoch_end_at": time.time(), "device": device.type, **(where or {}),
                 **quality_metrics("train", train_q), **quality_metrics("val", val_q),
             }
             history.append({k: v for k, v in metrics.items() if k != "trial_key"})
@@ -251,7 +274,7 @@ def run_trial(
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
             t_log = time.perf_counter()
-            logger.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=reports)
+            logger.log(_numbers(metrics), step=reports)
             if images_every and (epoch % images_every == 0 or epoch == epochs):
                 grid = image_grid([shown.numpy(), *(r.numpy() for r in val_q["reconstructions"])], scale=3)
                 logger.images(grid, f"epoch {epoch}: originals, then iterations 1..{iterations}", reports)
@@ -279,6 +302,7 @@ def tune_trainable(config: dict[str, Any], *, sweep: dict[str, Any], context: di
     """
     import logging
 
+    import ray
     from ray import tune
 
     from rnncodec.sweeps.spec import Sweep
@@ -311,6 +335,9 @@ def tune_trainable(config: dict[str, Any], *, sweep: dict[str, Any], context: di
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     torch.set_num_threads(max(1, int(spec.resources["cpus"])))
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
     run_trial(params, repeat, data_location=context["data"], report=report, places=places,
               wandb_settings=wandb_settings, run_id=run_id, trial_name=label, data_seed=spec.data["seed"],
-              fail_after_epoch=context.get("fail_after_epoch"))
+              device=trial_device(bool(ray.get_gpu_ids()), label), fail_after_epoch=context.get("fail_after_epoch"),
+              where=where)
