@@ -293,6 +293,14 @@ def run_trial(
         val_reader.close()
 
 
+def _quiet_exit_hook(unraisable: Any) -> None:
+    """``sys.unraisablehook`` of a trial's worker: when Tune stops an idle worker, Ray's SIGTERM handler
+    raises SystemExit wherever Python is, often inside a garbage-collection callback, which prints a
+    spurious "Exception ignored … SystemExit" traceback; everything else is reported as usual."""
+    if not isinstance(unraisable.exc_value, SystemExit):
+        sys.__unraisablehook__(unraisable)
+
+
 def tune_trainable(config: dict[str, Any], *, sweep: dict[str, Any], context: dict[str, Any]) -> None:
     """The Ray Tune function trainable (bind ``sweep`` and ``context`` with ``tune.with_parameters``).
 
@@ -309,6 +317,7 @@ def tune_trainable(config: dict[str, Any], *, sweep: dict[str, Any], context: di
 
     for name in ("ray.train", "ray.tune"):  # "Checkpoint successfully created" on every epoch
         logging.getLogger(name).setLevel(logging.WARNING)
+    sys.unraisablehook = _quiet_exit_hook
     spec = Sweep.from_dict(sweep)
     params = spec.trial_params(config)
     repeat = int(config.get("repeat", 0))

@@ -221,3 +221,22 @@ def test_wandb_trouble_never_stops_a_trial(tmp_path, monkeypatch, capsys):
     logger.log({"x": 1.0}, step=1)  # no-ops from here on
     logger.finish()
     assert "the trial goes on without W&B" in capsys.readouterr().err
+
+
+def test_a_stopped_workers_exit_is_not_reported_as_an_ignored_exception(capsys, monkeypatch):
+    import sys
+
+    from rnncodec.sweeps.trainable import _quiet_exit_hook
+
+    class Dies:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __del__(self):
+            raise self.exc
+
+    monkeypatch.setattr(sys, "unraisablehook", _quiet_exit_hook)
+    Dies(SystemExit(1))  # Ray's SIGTERM handler, landing in a garbage-collection callback
+    assert "SystemExit" not in capsys.readouterr().err
+    Dies(ValueError("a real problem"))
+    assert "a real problem" in capsys.readouterr().err
