@@ -74,13 +74,6 @@ VARIANTS = {"shipped: W,N,NW,NE,W2,N2 + previous iteration, shared by channels":
             "bias per band of iterations only": BiasOnly, "shipped contexts, per channel": PerChannel}
 
 
-def raw_codes(data: bytes) -> np.ndarray:
-    header = bitstream.parse_header(data)
-    n = int(np.prod(header.code_shape))
-    return np.stack([np.unpackbits(np.frombuffer(data, np.uint8, length, start), count=n).reshape(header.code_shape)
-                     for start, length, _ in bitstream._chunks(header, data)])
-
-
 def ideal_bits(coder_class: type, codes: np.ndarray) -> np.ndarray:
     """Ideal code length of each iteration under a model (nothing is written)."""
     coder, out = coder_class(*codes.shape[1:]), []
@@ -109,7 +102,7 @@ def main() -> None:
         for i, k in enumerate(POINTS):
             raw_bytes[i] += len(bitstream.prefix_bitstream(raw, k))
             coded_bytes[i] += len(bitstream.prefix_bitstream(coded, k))
-        codes = raw_codes(raw)
+        codes = bitstream.read_codes(raw)
         code_bits += codes.size
         t0 = time.perf_counter()
         encoder = ContextCoder(*codes.shape[1:])

@@ -250,9 +250,7 @@ def compress(model: RNNCodec, image: np.ndarray | Image.Image, iterations: int, 
 
 
 def _checked(model: RNNCodec, data: bytes, iterations: int | None) -> tuple[Header, list[tuple[int, int, int]]]:
-    """The header of ``data`` and the chunks of the iterations to decode, after checking, from the
-    header and the length of ``data`` alone, that the file holds them intact (nothing is allocated
-    for the image before that)."""
+    """:func:`_intact`, once the file is known to come from ``model``."""
     header = parse_header(data)
     if header.bits != model.config.bits:
         raise CodecError(f"the file has {header.bits} code bits per block but the model makes {model.config.bits}; "
@@ -260,6 +258,13 @@ def _checked(model: RNNCodec, data: bytes, iterations: int | None) -> tuple[Head
     if header.model_id != model_id(model):
         raise CodecError(f"the file was written by model {header.model_id.hex()}, not by this one "
                          f"({model_id(model).hex()}); decompress with the checkpoint that compressed it")
+    return _intact(header, data, iterations)
+
+
+def _intact(header: Header, data: bytes, iterations: int | None) -> tuple[Header, list[tuple[int, int, int]]]:
+    """The header of ``data`` and the chunks of the iterations to decode, after checking, from the
+    header and the length of ``data`` alone, that the file holds them intact (nothing is allocated
+    for the image before that)."""
     chunks = _chunks(header, data)
     complete = len(chunks)
     k = header.iterations if iterations is None else iterations
@@ -287,6 +292,15 @@ def _code_chunks(header: Header, data: bytes, chunks: list[tuple[int, int, int]]
         return [np.frombuffer(data, np.uint8, length, start) for start, length, _ in chunks]
     coder = ContextCoder(*header.code_shape)
     return [np.packbits(coder.decode(data[start : start + length])) for start, length, _ in chunks]
+
+
+def read_codes(data: bytes, iterations: int | None = None) -> np.ndarray:
+    """The code bits of the first ``iterations`` iterations of a file (all by default), checked and
+    entropy-decoded where they are coded: a k × C × H/16 × W/16 uint8 array of 0/1, no model needed."""
+    header, chunks = _intact(parse_header(data), data, iterations)
+    n = math.prod(header.code_shape)
+    return np.stack([np.unpackbits(packed, count=n).reshape(header.code_shape)
+                     for packed in _code_chunks(header, data, chunks)])
 
 
 def _decode(model: RNNCodec, data: bytes, iterations: int | None, every: bool) -> np.ndarray:
