@@ -1,12 +1,17 @@
-"""Training-step throughput of the codec in patch-iterations per second.
+"""Training-step throughput in patch-iterations per second, ours against the peer port's step.
 
 A patch-iteration is one 32×32 patch through one encoder–binarizer–decoder iteration, forward,
-backward and optimizer step included. Prints a JSON list of records. Each configuration is
-measured as shipped (``optimized``) and against a plain reference step measured in the same run
-(``baseline``: the textbook cell that always runs its hidden convolution, contiguous NCHW,
-fp32), so the speed-up is read off one machine at one time.
+backward and optimizer step included. Every variant is measured in the same run, interleaved
+(``--rounds``), against the step of the most used PyTorch port (``peer``: 1zb/pytorch-image-comp-rnn's
+network and training step, ``peer_1zb.py``), so ratios are read off one machine at one time. The
+fp32 matrix-multiply peak of the device (a square ``--peak-size`` matmul) is measured in the same
+run too, and each variant's share of it reported (FLOPs counted by torch's FlopCounterMode).
 
-    python benchmarks/train_throughput.py [--steps 3] [--warmup 1] [--widths 1.0 0.25]
+Variants: ``peer``; ``ours`` (as ``rnncodec train`` runs it: fp32); on CUDA also ``ours-bf16``
+(bfloat16 autocast), ``ours-bf16-cl`` (plus channels_last), ``ours-compiled`` (plus ``torch.compile``
+of the network) and ``ours-cudagraphs`` (compiled with ``mode="reduce-overhead"``: CUDA graphs). The defaults are the paper's size: width 1.0, batch 32, 4 iterations.
+
+    python benchmarks/train_throughput.py [--device cpu|cuda] [--widths 1.0 0.25] [--steps 3] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -14,86 +19,138 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from rnncodec.codec.model import CodecConfig, ConvLSTMCell, RNNCodec
-from rnncodec.codec.training import train_step
+sys.path.insert(0, str(Path(__file__).parent))
+from peer_1zb import LR, PeerCodec, peer_step  # noqa: E402
+
+from rnncodec.codec.model import CodecConfig, RNNCodec  # noqa: E402
+from rnncodec.codec.training import TrainConfig, Trainer  # noqa: E402
+
+CPU_VARIANTS = ("peer", "ours")
+CUDA_VARIANTS = ("peer", "ours", "ours-bf16", "ours-bf16-cl", "ours-compiled", "ours-cudagraphs")
 
 
-def _plain_lstm_forward(self: ConvLSTMCell, x, state):
-    """The textbook ConvLSTM step: zero initial state materialised and convolved."""
-    hidden = self.conv_h.in_channels
-    if state is None:
-        shape = (x.shape[0], hidden, -(-x.shape[2] // self.conv_x.stride[0]), -(-x.shape[3] // self.conv_x.stride[1]))
-        state = (x.new_zeros(shape), x.new_zeros(shape))
-    h, c = state
-    i, f, g, o = (self.conv_x(x) + self.conv_h(h)).chunk(4, dim=1)
-    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    h = torch.sigmoid(o) * torch.tanh(c)
-    return h, (h, c)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def measure(width: float, batch: int, iterations: int, steps: int, warmup: int, device: torch.device,
-            variant: str) -> dict:
+def matmul_peak(device: torch.device, size: int, repeats: int = 5) -> float:
+    """fp32 GFLOP/s of a ``size``³ matrix product (TF32 off), best of ``repeats``."""
+    a, b = (torch.randn(size, size, device=device) for _ in range(2))
+    torch.backends.cuda.matmul.allow_tf32 = False
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def make_step(variant: str, width: float, iterations: int, device: torch.device):
+    """A zero-argument callable taking one training step on a fixed random batch, and its model."""
     torch.manual_seed(0)
-    model = RNNCodec(CodecConfig(cell="lstm", mode="additive", width=width)).to(device)
-    amp = False
-    if variant == "baseline":
-        for m in model.modules():
-            if isinstance(m, ConvLSTMCell):
-                m.forward = _plain_lstm_forward.__get__(m)
-    elif variant == "optimized" and device.type == "cuda":
+    if variant == "peer":
+        model = PeerCodec(width).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=LR)
+        return model, lambda pixels: peer_step(model, opt, pixels, iterations)
+    model = RNNCodec(CodecConfig(width=width)).to(device)
+    if variant in ("ours-bf16-cl", "ours-compiled", "ours-cudagraphs"):
         model = model.to(memory_format=torch.channels_last)
-        amp = True
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    pixels = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
-    with FlopCounterMode(display=False) as counter:
-        train_step(model, opt, pixels, iterations, amp=amp)
-    for _ in range(warmup - 1):
-        train_step(model, opt, pixels, iterations, amp=amp)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    if variant == "ours-compiled":
+        model.forward = torch.compile(model.forward)
+    if variant == "ours-cudagraphs":  # compiled and replayed as CUDA graphs: fewer kernel launches
+        model.forward = torch.compile(model.forward, mode="reduce-overhead")
+    trainer = Trainer(model, TrainConfig(iterations=iterations, lr=LR, lr_schedule="none",
+                                         amp=variant != "ours"))
+    return model, lambda pixels: trainer.run(iter((pixels,)), 1)
+
+
+def measure(variant: str, width: float, batch: int, iterations: int, steps: int, warmup: int,
+            device: torch.device) -> dict:
+    model, step = make_step(variant, width, iterations, device)
+    pixels = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=device)
     start = time.perf_counter()
-    for _ in range(steps):
-        train_step(model, opt, pixels, iterations, amp=amp)
+    step(pixels)  # first step: lazy initialisation, compilation
+    _sync(device)
+    first = time.perf_counter() - start
+    with FlopCounterMode(display=False) as counter:
+        step(pixels)
+    for _ in range(warmup):
+        step(pixels)
+    _sync(device)
     if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / steps
-    return {
-        "config": f"lstm-additive-width{width}",
-        "variant": variant,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "amp": amp,
-        "batch": batch,
-        "iterations": iterations,
-        "params": sum(p.numel() for p in model.parameters()),
-        "seconds_per_step": round(seconds, 4),
-        "patch_iterations_per_s": round(batch * iterations / seconds, 1),
-        "gflop_per_step": round(counter.get_total_flops() / 1e9, 1),
-        "achieved_gflop_per_s": round(counter.get_total_flops() / 1e9 / seconds, 1),
-    }
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step(pixels)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    return {"variant": variant, "width": width, "batch": batch, "iterations": iterations,
+            "params": sum(p.numel() for p in model.parameters()),
+            "first_step_s": round(first, 2), "seconds_per_step": round(seconds, 4),
+            "patch_iterations_per_s": round(batch * iterations / seconds, 1),
+            "gflop_per_step": round(counter.get_total_flops() / 1e9, 1),
+            "achieved_gflop_per_s": round(counter.get_total_flops() / 1e9 / seconds, 1),
+            **({"peak_memory_mib": round(torch.cuda.max_memory_allocated(device) / 2**20)}
+               if device.type == "cuda" else {})}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--iterations", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps (at least 1: the first counts FLOPs)")
-    parser.add_argument("--widths", type=float, nargs="+", default=[1.0, 0.25])
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per round (the median counts)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every variant")
+    parser.add_argument("--widths", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--variants", nargs="+", help="default: peer ours (CPU); all six (CUDA)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--peak-size", type=int, default=2048)
     args = parser.parse_args()
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    variants = args.variants or (CUDA_VARIANTS if device.type == "cuda" else CPU_VARIANTS)
+    peak = matmul_peak(device, args.peak_size)
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
     records = []
-    for device in devices:
-        for width in args.widths:
-            for variant in ("baseline", "optimized"):
-                records.append(measure(width, args.batch, args.iterations, args.steps, args.warmup, device, variant))
-            base, opt = records[-2:]
-            opt["speedup_vs_baseline"] = round(opt["patch_iterations_per_s"] / base["patch_iterations_per_s"], 2)
-    print(json.dumps(records, indent=2))
+    for width in args.widths:
+        runs: dict[str, list[dict]] = {v: [] for v in variants}
+        for _ in range(args.rounds):
+            for v in variants:
+                try:
+                    runs[v].append(measure(v, width, args.batch, args.iterations, args.steps, args.warmup, device))
+                except Exception as e:  # a variant this device cannot run is reported, not fatal
+                    runs[v].append({"variant": v, "width": width, "error": f"{type(e).__name__}: {e}"[:300]})
+        base = statistics.median(r["patch_iterations_per_s"] for r in runs["peer"]) if "peer" in runs else None
+        for v, rs in runs.items():
+            ok = [r for r in rs if "error" not in r]
+            if not ok:
+                records.append(rs[0])
+                continue
+            best = max(ok, key=lambda r: r["patch_iterations_per_s"])
+            rec = {**best, "patch_iterations_per_s_rounds": [r["patch_iterations_per_s"] for r in ok],
+                   "share_of_matmul_peak": round(best["achieved_gflop_per_s"] / peak, 3)}
+            if base:
+                rec["speedup_vs_peer"] = round(statistics.median(rec["patch_iterations_per_s_rounds"]) / base, 2)
+            records.append(rec)
+    print(json.dumps({"device": name, "fp32_matmul_peak_gflop_per_s": round(peak, 1),
+                      "peak_matmul_size": args.peak_size, "records": records}, indent=2))
 
 
 if __name__ == "__main__":

@@ -122,13 +122,31 @@ class CodecConfig:
         return cls(**d)
 
 
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` that computes small outputs (at most 4×4 positions) on the CPU as one matrix
+    product over unfolded patches. On 32×32 patches the deep layers have 2×2 and 4×4 maps with
+    512–2048 channels, where oneDNN's backward pass ran 3–5× slower than the matrix product's
+    (``benchmarks/train_throughput.py``); larger maps and GPUs keep the library convolution."""
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        ho, wo = (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
+        if x.is_cuda or ho * wo > 16 or self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros":
+            return super()._conv_forward(x, weight, bias)
+        cols = F.unfold(x, (kh, kw), padding=(ph, pw), stride=(sh, sw))  # N × C·kh·kw × ho·wo
+        out = cols.transpose(1, 2).reshape(-1, cols.shape[1]) @ weight.reshape(weight.shape[0], -1).t()
+        if bias is not None:
+            out = out + bias
+        return out.view(x.shape[0], ho, wo, -1).permute(0, 3, 1, 2)
+
+
 class ConvLSTMCell(nn.Module):
     """Convolutional LSTM: gates from a (strided) input convolution plus a hidden convolution."""
 
     def __init__(self, cin: int, hidden: int, kernel: int, stride: int, hidden_kernel: int, bias: bool):
         super().__init__()
-        self.conv_x = nn.Conv2d(cin, 4 * hidden, kernel, stride, kernel // 2, bias=bias)
-        self.conv_h = nn.Conv2d(hidden, 4 * hidden, hidden_kernel, 1, hidden_kernel // 2, bias=False)
+        self.conv_x = Conv2d(cin, 4 * hidden, kernel, stride, kernel // 2, bias=bias)
+        self.conv_h = Conv2d(hidden, 4 * hidden, hidden_kernel, 1, hidden_kernel // 2, bias=False)
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Any]:
         gates = self.conv_x(x)
@@ -149,9 +167,9 @@ class ConvGRUCell(nn.Module):
 
     def __init__(self, cin: int, hidden: int, kernel: int, stride: int, hidden_kernel: int, bias: bool):
         super().__init__()
-        self.conv_x = nn.Conv2d(cin, 3 * hidden, kernel, stride, kernel // 2, bias=bias)
-        self.conv_h = nn.Conv2d(hidden, 2 * hidden, hidden_kernel, 1, hidden_kernel // 2, bias=False)
-        self.conv_hn = nn.Conv2d(hidden, hidden, hidden_kernel, 1, hidden_kernel // 2, bias=False)
+        self.conv_x = Conv2d(cin, 3 * hidden, kernel, stride, kernel // 2, bias=bias)
+        self.conv_h = Conv2d(hidden, 2 * hidden, hidden_kernel, 1, hidden_kernel // 2, bias=False)
+        self.conv_hn = Conv2d(hidden, hidden, hidden_kernel, 1, hidden_kernel // 2, bias=False)
 
     def forward(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Any]:
         gx = self.conv_x(x)
@@ -181,7 +199,7 @@ class Binarizer(nn.Module):
 
     def __init__(self, cin: int, bits: int, bias: bool):
         super().__init__()
-        self.conv = nn.Conv2d(cin, bits, 1, bias=bias)
+        self.conv = Conv2d(cin, bits, 1, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         y = torch.tanh(self.conv(x))
@@ -215,7 +233,7 @@ class Decoder(nn.Module):
     def __init__(self, config: CodecConfig):
         super().__init__()
         cin = config.channels(config.decoder_input_channels)
-        self.conv_in = nn.Conv2d(config.bits, cin, 1, bias=config.bias)
+        self.conv_in = Conv2d(config.bits, cin, 1, bias=config.bias)
         self.act = _activation(config)
         rnns = []
         for n, k in zip(config.decoder_channels, config.decoder_hidden_kernels):

@@ -112,6 +112,8 @@ class Trainer:
             self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._factor)
         self.amp = config.amp and _device(model).type == "cuda"
+        if self.amp:  # channels_last adds 4% to bf16 on an H100 (benchmarks/gpu_check.sh)
+            model.to(memory_format=torch.channels_last)
         self.steps, self.samples_seen, self.train_time = 0, 0, 0.0
 
     def _factor(self, step: int) -> float:

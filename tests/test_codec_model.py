@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from rnncodec.codec import CELLS, MODES, CodecConfig, CodecError, RNNCodec, train_step
-from rnncodec.codec.model import Binarizer, ConvGRUCell
+from rnncodec.codec.model import Binarizer, Conv2d, ConvGRUCell
 
 
 def test_paper_size_lstm_has_the_published_parameter_count():
@@ -134,3 +134,25 @@ def test_trainer_builds_the_configured_optimizer_schedule_and_determinism():
     assert not torch.are_deterministic_algorithms_enabled()
     with pytest.raises(CodecError, match="optimizer 'lion'"):
         TrainConfig(optimizer="lion")
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,side,bias", [
+    (16, 64, 3, 2, 4, True), (16, 64, 3, 1, 2, False), (8, 32, 1, 1, 4, True), (8, 16, 3, 2, 8, True),
+    (4, 8, 3, 1, 3, True), (4, 8, 3, 1, 16, False),  # odd side; a large map (library path)
+])
+def test_small_map_convolution_matches_the_library_forward_and_backward(cin, cout, k, stride, side, bias):
+    torch.manual_seed(0)
+    ours = Conv2d(cin, cout, k, stride, k // 2, bias=bias).double()
+    ref = torch.nn.Conv2d(cin, cout, k, stride, k // 2, bias=bias).double()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(5, cin, side, side, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    y, y_ref = ours(x), ref(x_ref)
+    assert y.shape == y_ref.shape
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    for p, q in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
