@@ -8,8 +8,10 @@ fp32 matrix-multiply peak of the device (a square ``--peak-size`` matmul) is mea
 run too, and each variant's share of it reported (FLOPs counted by torch's FlopCounterMode).
 
 Variants: ``peer``; ``ours`` (as ``rnncodec train`` runs it: fp32); on CUDA also ``ours-bf16``
-(bfloat16 autocast), ``ours-bf16-cl`` (plus channels_last), ``ours-compiled`` (plus ``torch.compile``
-of the network) and ``ours-cudagraphs`` (compiled with ``mode="reduce-overhead"``: CUDA graphs). The defaults are the paper's size: width 1.0, batch 32, 4 iterations.
+(bfloat16 autocast), ``ours-bf16-cl`` (plus channels_last), ``ours-compiled`` (plus
+``torch.compile`` of the network) and ``ours-cudagraphs`` (compiled with
+``mode="reduce-overhead"``: CUDA graphs). The defaults are the paper's size: width 1.0, batch 32,
+4 iterations.
 
     python benchmarks/train_throughput.py [--device cpu|cuda] [--widths 1.0 0.25] [--steps 3] [--rounds 2]
 """

@@ -8,7 +8,8 @@ and ``rnncodec.codec.errors`` load without torch.
 from rnncodec.data.lazy import lazy_exports
 
 _API = {
-    "compress": "bitstream", "decompress": "bitstream", "decompress_progressive": "bitstream",
+    "compress": "bitstream", "compress_progressive": "bitstream", "decompress": "bitstream",
+    "decompress_progressive": "bitstream",
     "load_checkpoint": "checkpoint", "model_id": "checkpoint", "save_checkpoint": "checkpoint",
     "warm_start": "checkpoint", "CodecError": "errors", "LOSSES": "options", "CELLS": "options",
     "MODES": "options", "codec_loss": "losses", "ms_ssim": "metrics", "psnr": "metrics", "rd_auc": "metrics",

@@ -219,10 +219,8 @@ def _as_rgb8(image: np.ndarray | Image.Image) -> np.ndarray:
     return image
 
 
-def compress(model: RNNCodec, image: np.ndarray | Image.Image, iterations: int, tile: int = DEFAULT_TILE,
-             entropy_coding: bool = True) -> bytes:
-    """Encode an H×W×3 uint8 image with ``iterations`` iterations (0.125 bpp each before entropy
-    coding); ``entropy_coding=False`` writes the raw codes (a version 1 file)."""
+def _encode(model: RNNCodec, image: np.ndarray | Image.Image, iterations: int, tile: int, entropy_coding: bool,
+            keep: bool) -> tuple[bytes, np.ndarray | None]:
     image = _as_rgb8(image)
     if not 1 <= iterations <= MAX_ITERATIONS:
         raise CodecError(f"iterations must be in 1..{MAX_ITERATIONS}, got {iterations}")
@@ -231,12 +229,16 @@ def compress(model: RNNCodec, image: np.ndarray | Image.Image, iterations: int, 
     header = Header(image.shape[0], image.shape[1], iterations, model.config.bits, tile, model_id(model),
                     CONTEXT if entropy_coding else RAW)
     codes = np.zeros((iterations, math.prod(header.code_shape)), dtype=bool)
+    images = np.empty((iterations, *image.shape), dtype=np.uint8) if keep else None
     with _evaluating(model) as device:
         for th, tw, origins in _batches(header.height, header.width, tile):
             x = to_input(torch.from_numpy(_crops(image, th, tw, origins)).to(device).permute(0, 3, 1, 2))
             positions = _bit_positions(header, th, tw, origins)
-            for t, b in enumerate(model(x, iterations)["codes"]):
+            out = model(x, iterations)
+            for t, b in enumerate(out["codes"]):
                 codes[t, positions] = (b > 0).cpu().numpy()
+                if images is not None:
+                    _place(images[t], to_pixels(out["x_hat"][t]), origins)
     parts = [header.pack()]
     coder = ContextCoder(*header.code_shape) if entropy_coding else None
     for t in range(iterations):
@@ -246,7 +248,30 @@ def compress(model: RNNCodec, image: np.ndarray | Image.Image, iterations: int, 
         else:
             chunk = _LENGTH.pack(len(payload := coder.encode(codes[t]))) + payload
             parts += [chunk, _CRC.pack(zlib.crc32(chunk))]
-    return b"".join(parts)
+    return b"".join(parts), images
+
+
+def _place(out: np.ndarray, pixels: torch.Tensor, origins: list[tuple[int, int]]) -> None:
+    """Write a batch of N×3×th×tw uint8 tiles into the H×W×3 image ``out``, cropped at its edges."""
+    tiles = pixels.permute(0, 2, 3, 1).cpu().numpy()
+    th, tw = tiles.shape[1:3]
+    for tile, (y, x) in zip(tiles, origins):
+        out[y : y + th, x : x + tw] = tile[: out.shape[0] - y, : out.shape[1] - x]
+
+
+def compress(model: RNNCodec, image: np.ndarray | Image.Image, iterations: int, tile: int = DEFAULT_TILE,
+             entropy_coding: bool = True) -> bytes:
+    """Encode an H×W×3 uint8 image with ``iterations`` iterations (0.125 bpp each before entropy
+    coding); ``entropy_coding=False`` writes the raw codes (a version 1 file)."""
+    return _encode(model, image, iterations, tile, entropy_coding, keep=False)[0]
+
+
+def compress_progressive(model: RNNCodec, image: np.ndarray | Image.Image, iterations: int,
+                         tile: int = DEFAULT_TILE, entropy_coding: bool = True) -> tuple[bytes, list[np.ndarray]]:
+    """``compress``, plus the reconstruction after each iteration that the encoder computed anyway:
+    the images ``decompress_progressive`` of the file gives, bit for bit, without decoding it."""
+    data, images = _encode(model, image, iterations, tile, entropy_coding, keep=True)
+    return data, list(images)
 
 
 def _checked(model: RNNCodec, data: bytes, iterations: int | None) -> tuple[Header, list[tuple[int, int, int]]]:
@@ -320,10 +345,7 @@ def _decode(model: RNNCodec, data: bytes, iterations: int | None, every: bool) -
                 bits = torch.from_numpy((chunks[t][byte] >> shift) & 1).to(device)
                 x_hat = model.decode_step(bits.float() * 2 - 1, state)
                 if every or t == k - 1:
-                    pixels = to_pixels(x_hat).permute(0, 2, 3, 1).cpu().numpy()
-                    out = images[t if every else 0]
-                    for tile, (y, x) in zip(pixels, origins):
-                        out[y : y + th, x : x + tw] = tile[: header.height - y, : header.width - x]
+                    _place(images[t if every else 0], to_pixels(x_hat), origins)
     return images
 
 

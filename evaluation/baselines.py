@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, features
 
 from rnncodec.codec.errors import CodecError
-from rnncodec.evaluation.quality import image_metrics
+from rnncodec.evaluation.quality import image_metrics_many
 
 QUALITIES = tuple(range(5, 100, 5))
 
@@ -92,18 +92,19 @@ def encode_decode(image: np.ndarray, key: str, quality: int) -> tuple[bytes, np.
 
 
 def run_baseline(key: str, images: list[tuple[str, np.ndarray]], qualities: tuple[int, ...] = QUALITIES,
-                 measure: Callable[[np.ndarray, np.ndarray], dict[str, float]] | None = None,
+                 measure: Callable[[np.ndarray, list[np.ndarray]], list[dict[str, float]]] | None = None,
                  advance: Callable[[], None] | None = None) -> list[dict[str, Any]]:
     """Per-image records of baseline ``key`` at every quality: ``image``, ``quality``, ``bytes``,
-    ``bpp``, the metrics of ``measure(original, decoded)``, ``encoding_time``, ``decoding_time``."""
-    measure = measure or image_metrics
+    ``bpp``, the metrics of ``measure(original, decoded images)`` (one batched call per image, every
+    quality at once), ``encoding_time``, ``decoding_time``."""
+    measure = measure or image_metrics_many
     rows = []
     for name, image in images:
         pixels = image.shape[0] * image.shape[1]
-        for q in qualities:
-            data, rec, enc, dec = encode_decode(image, key, q)
+        coded = [encode_decode(image, key, q) for q in qualities]
+        for q, (data, _, enc, dec), metrics in zip(qualities, coded, measure(image, [c[1] for c in coded])):
             rows.append({"image": name, "quality": int(q), "bytes": len(data), "bpp": len(data) * 8 / pixels,
-                         **measure(image, rec), "encoding_time": enc, "decoding_time": dec})
+                         **metrics, "encoding_time": enc, "decoding_time": dec})
         if advance is not None:
             advance()
     return rows

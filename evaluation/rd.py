@@ -14,11 +14,23 @@ Results follow CompressAI's JSON format: ``{"name", "description", "results": {"
 operating point (iteration count or quality). In memory each result also carries
 ``per_image``, the rows of the per-image CSV.
 
-Timing: ``timing="exact"`` runs a real ``compress(model, image, k)`` and ``decompress`` for
-every k. ``timing="prefix"`` compresses once at the largest k, takes the file for each
-smaller k as its prefix (byte for byte the file ``compress`` writes for k, see
-:func:`prefix_bitstream`), decodes every k in one progressive pass, and scales the two times
-by k / K; the quality figures are identical, only the times are estimates.
+Scoring and timing (``timing``):
+
+- ``"sample"`` (the default): each image is compressed once, at the largest iteration count K; the
+  file for each smaller k is its prefix (byte for byte the file ``compress`` writes for k, see
+  :func:`prefix_bitstream`), and the reconstructions are the encoder's own
+  (:func:`compress_progressive`, bit for bit the decoder's), so nothing is decoded: bpp, PSNR and
+  MS-SSIM are exactly those of a real ``compress``/``decompress`` at each k. Encode and decode
+  times come from a real ``compress(model, image, k)`` and ``decompress`` on the first
+  ``timing_images`` images only, at the sampled counts (:func:`timed_counts`: 1, 2, 4, 8, … and the
+  largest; scored from those real files); other points carry no times.
+- ``"exact"``: the real ``compress`` and ``decompress`` at every k on every image, each timed (for
+  k = 1..16, 8.5 times the codec work of one compress and one progressive decode at 16).
+- ``"prefix"``: the ``"sample"`` scoring on every image, with times estimated as the largest k's
+  scaled by k / K.
+
+The metrics of one image's reconstructions (every k, or every baseline quality) are computed in one
+batched call (:func:`~rnncodec.evaluation.quality.image_metrics_many`).
 """
 
 from __future__ import annotations
@@ -34,7 +46,13 @@ import numpy as np
 import torch
 
 from rnncodec.codec.bitstream import (
-    compress, decompress, decompress_progressive, parse_header, payload_bytes, prefix_bitstream,
+    compress,
+    compress_progressive,
+    decompress,
+    decompress_progressive,
+    parse_header,
+    payload_bytes,
+    prefix_bitstream,
 )
 from rnncodec.codec.errors import CodecError
 from rnncodec.codec.metrics import ms_ssim_db, rd_auc
@@ -43,11 +61,13 @@ from rnncodec.codec.options import MAX_ITERATIONS
 from rnncodec.data.errors import shown
 from rnncodec.data.images import list_images, load_image
 from rnncodec.evaluation import baselines as _baselines
-from rnncodec.evaluation.quality import MIN_MS_SSIM_SIDE, image_metrics
+from rnncodec.evaluation.quality import MIN_MS_SSIM_SIDE, image_metrics_many
 
 METRICS = ("psnr-rgb", "ms-ssim-rgb")
 AUC_RANGE = (0.125, 2.0)
-TIMINGS = ("exact", "prefix")
+AUC_EXTRAPOLATION = 0.1  # a curve may stop short of an AUC range end by this fraction of it
+TIMINGS = ("sample", "exact", "prefix")
+TIMING_IMAGES = 1  # images timed at every iteration count under timing="sample"
 RATES = ("bpp-payload", "bpp-raw", "bpp-payload-raw")  # besides the whole entropy-coded file's bpp
 
 NamedImages = list[tuple[str, np.ndarray]]
@@ -134,11 +154,16 @@ def file_bpp(data: bytes | int, pixels: int) -> float:
     return (data if isinstance(data, int) else len(data)) * 8 / pixels
 
 
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
 def _mean_results(rows: list[dict[str, Any]], key: str, extra: Sequence[str] = ()) -> dict[str, list]:
+    """Per-point means over the images; times over the rows that have them (NaN where none has)."""
     points = sorted({r[key] for r in rows})
     out: dict[str, list] = {key: points}
     for field in ("bpp", *extra, "psnr-rgb", "ms-ssim-rgb", "encoding_time", "decoding_time"):
-        out[field] = [float(np.mean([r[field] for r in rows if r[key] == p])) for p in points]
+        out[field] = [_mean([r[field] for r in rows if r[key] == p and field in r]) for p in points]
     out["ms-ssim-db"] = [ms_ssim_db(v) for v in out["ms-ssim-rgb"]]
     return out
 
@@ -157,51 +182,102 @@ def _timed(model: RNNCodec, fn: Callable[..., Any], *args: Any) -> tuple[Any, fl
     return out, time.perf_counter() - start
 
 
+Point = tuple[bytes, np.ndarray, float | None, float | None]  # file, reconstruction, encode s, decode s
+
+
+def _exact_points(model: RNNCodec, image: np.ndarray, ks: list[int]) -> dict[int, Point]:
+    """A real ``compress`` and ``decompress`` at every k, each timed."""
+    points = {}
+    for k in ks:
+        data, enc = _timed(model, compress, model, image, k)
+        rec, dec = _timed(model, decompress, model, data)
+        points[k] = (data, rec, enc, dec)
+    return points
+
+
+def _prefix_points(model: RNNCodec, image: np.ndarray, ks: list[int], scaled_times: bool) -> dict[int, Point]:
+    """One ``compress`` at the largest k and one progressive decode; each smaller k's file is a prefix
+    of that file. Times: the largest k's scaled by k / K where ``scaled_times``; else none, and the
+    reconstructions are the encoder's own (bit for bit the decoder's), so nothing is decoded."""
+    top = ks[-1]
+    if scaled_times:
+        data, enc = _timed(model, compress, model, image, top)
+        recs, dec = _timed(model, decompress_progressive, model, data)
+    else:
+        data, recs = compress_progressive(model, image, top)
+    points = {}
+    for k in ks:
+        times = (enc * k / top, dec * k / top) if scaled_times else (None, None)
+        points[k] = (prefix_bitstream(data, k), recs[k - 1], *times)
+    return points
+
+
+def timing_description(timing: str, timing_images: int = TIMING_IMAGES) -> str:
+    """How :func:`evaluate_checkpoint` scores and times under ``timing`` and ``timing_images`` (see the
+    module's docstring); bad values raise :class:`CodecError`."""
+    if timing not in TIMINGS:
+        raise CodecError(f"timing must be one of {', '.join(TIMINGS)}, got {shown(timing)}")
+    if isinstance(timing_images, bool) or not isinstance(timing_images, int) or timing_images < 0:
+        raise CodecError(f"the number of timed images must be a whole number ≥ 0, got {shown(timing_images)}")
+    if timing == "exact":
+        return "real compress and decompress at every iteration count on every image, each timed"
+    scoring = "quality from one compress at the largest count (smaller counts: its prefixes)"
+    if timing == "prefix":
+        return f"{scoring} and one progressive decode; times: the largest count's scaled by k/K (estimates)"
+    scoring += " and the encoder's reconstructions (bit for bit the decoder's)"
+    if not timing_images:
+        return f"{scoring}; no times"
+    sample = f"first {timing_images} images" if timing_images > 1 else "first image"
+    return f"{scoring}; times: real compress and decompress at counts 1, 2, 4, 8, … and the largest on the {sample} only"
+
+
+def timed_counts(ks: Sequence[int]) -> list[int]:
+    """The iteration counts ``timing="sample"`` times: the powers of two among ``ks`` and the largest
+    (a fifth of the codec work of timing every count of 1..16)."""
+    return [k for k in ks if k & (k - 1) == 0 or k == ks[-1]]
+
+
 def evaluate_checkpoint(model: RNNCodec, images: Sequence[Any], iterations: str | int | Sequence[int] = "1-16",
-                        *, name: str = "rnncodec", description: str | None = None, timing: str = "exact",
+                        *, name: str = "rnncodec", description: str | None = None, timing: str = "sample",
+                        timing_images: int = TIMING_IMAGES,
                         advance: Callable[[], None] | None = None) -> dict[str, Any]:
     """Rate–distortion of ``model`` on ``images`` (paths, arrays, or ``(name, array)`` pairs) at
     each iteration count: a CompressAI-format dict (``results`` holds per-point means over the
-    images, including ``iterations`` and ``bpp-payload``) plus ``per_image`` rows. ``advance``
-    is called after each image (for progress bars)."""
+    images, including ``iterations`` and ``bpp-payload``; times averaged over the timed images) plus
+    ``per_image`` rows (times only on timed images) and ``timing`` (:func:`timing_description`).
+    ``timing`` and ``timing_images``: see the module's docstring. ``advance`` is called after each
+    image (for progress bars)."""
     ks = parse_iterations(iterations)
-    if timing not in TIMINGS:
-        raise CodecError(f"timing must be one of {', '.join(TIMINGS)}, got {timing!r}")
+    how = timing_description(timing, timing_images)
     named = _named(images)
     model.eval()
     compress(model, np.zeros((32, 32, 3), np.uint8), 1)  # warm-up: model id, lazy initialisation
     rows = []
-    for img_name, image in named:
+    for i, (img_name, image) in enumerate(named):
         pixels = image.shape[0] * image.shape[1]
-        per_k: dict[int, tuple[bytes, np.ndarray, float, float]] = {}
         if timing == "exact":
-            for k in ks:
-                data, enc = _timed(model, compress, model, image, k)
-                rec, dec = _timed(model, decompress, model, data)
-                per_k[k] = (data, rec, enc, dec)
+            points = _exact_points(model, image, ks)
         else:
-            top = ks[-1]
-            data, enc = _timed(model, compress, model, image, top)
-            recs, dec = _timed(model, decompress_progressive, model, data)
-            for k in ks:
-                per_k[k] = (prefix_bitstream(data, k), recs[k - 1], enc * k / top, dec * k / top)
-        for k in ks:
-            data, rec, enc, dec = per_k[k]
+            points = _prefix_points(model, image, ks, scaled_times=timing == "prefix")
+            if timing == "sample" and i < timing_images:
+                points.update(_exact_points(model, image, timed_counts(ks)))
+        for k, metrics in zip(ks, image_metrics_many(image, [points[k][1] for k in ks])):
+            data, _, enc, dec = points[k]
             header = parse_header(data)
+            times = {} if enc is None else {"encoding_time": enc, "decoding_time": dec}
             rows.append({"image": img_name, "iterations": k, "bytes": len(data), "bpp": file_bpp(data, pixels),
                          "bpp-payload": file_bpp(payload_bytes(data), pixels),
                          "bpp-raw": file_bpp(header.raw_file_bytes(), pixels),
-                         "bpp-payload-raw": file_bpp(k * header.chunk_bytes, pixels), **image_metrics(image, rec),
-                         "encoding_time": enc, "decoding_time": dec})
+                         "bpp-payload-raw": file_bpp(k * header.chunk_bytes, pixels), **metrics, **times})
         if advance is not None:
             advance()
     if description is None:
         cfg = model.config
         description = (f"rnncodec {cfg.cell}/{cfg.mode} width {cfg.width:g}, {cfg.bits} bits per 16×16 block, "
-                       f"entropy-coded (context model); {timing} timing on {next(model.parameters()).device}")
+                       f"entropy-coded (context model); {how}; on {next(model.parameters()).device}")
     return {"name": name, "description": description,
             "results": _mean_results(rows, "iterations", extra=RATES),
-            "per_image": rows, "images": [n for n, _ in named]}
+            "per_image": rows, "images": [n for n, _ in named], "timing": how}
 
 
 def raw_codes(result: dict[str, Any]) -> dict[str, Any]:
@@ -223,7 +299,7 @@ def evaluate_baseline(key: str, images: Sequence[Any], qualities: Sequence[int] 
     quality sweep; same format as :func:`evaluate_checkpoint` with ``quality`` as the point key."""
     (key,) = _baselines.parse_baselines(key)
     named = _named(images)
-    rows = _baselines.run_baseline(key, named, tuple(qualities), image_metrics, advance)
+    rows = _baselines.run_baseline(key, named, tuple(qualities), image_metrics_many, advance)
     b = _baselines.BASELINES[key]
     return {"name": b.name, "description": b.description(), "results": _mean_results(rows, "quality"),
             "per_image": rows, "images": [n for n, _ in named], "key": key}
@@ -280,29 +356,60 @@ def bd_rate(anchor: dict[str, Any], test: dict[str, Any], metric: str = "psnr-rg
             "note": "; ".join(notes)}
 
 
-def auc(result: dict[str, Any], metric: str = "ms-ssim-rgb", lo: float = AUC_RANGE[0],
-        hi: float = AUC_RANGE[1], rate: str = "bpp-payload") -> float | None:
+def _line(bpp: np.ndarray, values: np.ndarray, at: float) -> float:
+    """The curve's end nearest ``at`` continued to ``at`` along the line through it and the next point
+    at a different rate."""
+    near = 0 if at < bpp[0] else len(bpp) - 1
+    other = np.flatnonzero(bpp != bpp[near])[0 if near == 0 else -1]
+    return float(values[near] + (values[other] - values[near]) * (at - bpp[near]) / (bpp[other] - bpp[near]))
+
+
+def auc_with_note(result: dict[str, Any], metric: str = "ms-ssim-rgb", lo: float = AUC_RANGE[0],
+                  hi: float = AUC_RANGE[1], rate: str = "bpp-payload") -> tuple[float | None, str]:
     """Area under ``metric`` against ``rate`` (``bpp-payload`` where present, else ``bpp``) over
-    ``lo``..``hi`` bpp, as the paper's Table 2; None where the curve does not cover the range."""
+    ``lo``..``hi`` bpp, as the paper's Table 2, and a note. A curve that stops short of an end by at
+    most ``AUC_EXTRAPOLATION`` of that end (padding puts the first point of 481×321 images at 0.135
+    bpp) is continued linearly from its two nearest points, and the note says so; further short, or
+    with fewer than two rates, the area is None and the note says why."""
     r = result["results"]
     bpp, values = _finite_curve(r[rate] if rate in r else r["bpp"], r[metric])
-    if len(bpp) < 2:
-        return None
-    try:
-        return rd_auc(bpp, values, lo, hi)
-    except ValueError:
-        return None
+    if len(np.unique(bpp)) < 2:
+        return None, f"fewer than 2 points with a finite {metric}"
+    notes = []
+    if bpp[0] > lo + 1e-9:
+        if bpp[0] > lo * (1 + AUC_EXTRAPOLATION):
+            return None, f"curve starts at {bpp[0]:.3f} bpp, more than {AUC_EXTRAPOLATION:.0%} above {lo:g}"
+        notes.append(f"extrapolated from {bpp[0]:.3f} down to {lo:g} bpp")
+        bpp, values = np.r_[lo, bpp], np.r_[_line(bpp, values, lo), values]
+    if bpp[-1] < hi - 1e-9:
+        if bpp[-1] < hi * (1 - AUC_EXTRAPOLATION):
+            return None, f"curve ends at {bpp[-1]:.3f} bpp, more than {AUC_EXTRAPOLATION:.0%} below {hi:g}"
+        notes.append(f"extrapolated from {bpp[-1]:.3f} up to {hi:g} bpp")
+        bpp, values = np.r_[bpp, hi], np.r_[values, _line(bpp, values, hi)]
+    return rd_auc(bpp, values, lo, hi), "; ".join(notes)
+
+
+def auc(result: dict[str, Any], metric: str = "ms-ssim-rgb", lo: float = AUC_RANGE[0],
+        hi: float = AUC_RANGE[1], rate: str = "bpp-payload") -> float | None:
+    """The area of :func:`auc_with_note`, without its note."""
+    return auc_with_note(result, metric, lo, hi, rate)[0]
+
+
+def _aucs(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``auc`` (MS-SSIM and PSNR; None where undefined) and ``auc_notes`` (extrapolation, or why undefined)."""
+    pairs = {m: auc_with_note(result, m) for m in ("ms-ssim-rgb", "psnr-rgb")}
+    return {"auc": {m: v for m, (v, _) in pairs.items()}, "auc_notes": {m: n for m, (_, n) in pairs.items()}}
 
 
 def compare(ours: Sequence[dict[str, Any]], baselines: Sequence[dict[str, Any]],
             anchors: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """BD-rates (%) against each baseline on PSNR and MS-SSIM dB, and AUCs over 0.125–2 bpp
-    (None where a curve does not cover that range), for each of ``ours`` and, as references,
+    with their notes (:func:`auc_with_note`), for each of ``ours`` and, as references,
     each published curve in ``anchors`` that has both metrics; for each of ours that was entropy
     coded, the saving per point and the BD-rate against its own raw codes."""
 
     def entry(res: dict[str, Any]) -> dict[str, Any]:
-        return {"auc": {m: auc(res, m) for m in ("ms-ssim-rgb", "psnr-rgb")},
+        return {**_aucs(res),
                 "bd_rate_percent": {b["name"]: {m: bd_rate(b, res, m) for m in ("psnr-rgb", "ms-ssim-db")}
                                     for b in baselines}}
 
@@ -315,10 +422,12 @@ def compare(ours: Sequence[dict[str, Any]], baselines: Sequence[dict[str, Any]],
     return {
         "auc_range_bpp": list(AUC_RANGE),
         "auc_rate": "bpp-payload (code bits only, as the paper's Table 2) where present, else bpp",
+        "auc_extrapolation": f"a curve that stops short of a range end by at most {AUC_EXTRAPOLATION:.0%} of it is "
+                             "continued linearly from its two nearest points (auc_notes say where)",
         "entropy_coding": {res["name"]: coding(res) for res in ours if "bpp-raw" in res["results"]},
         "bd_rate": "whole-file bpp; Akima interpolation (bjontegaard); negative: fewer bits than the baseline",
         "codecs": {res["name"]: entry(res) for res in ours},
-        "baselines": {b["name"]: {"auc": {m: auc(b, m) for m in ("ms-ssim-rgb", "psnr-rgb")}} for b in baselines},
+        "baselines": {b["name"]: _aucs(b) for b in baselines},
         "anchors": {a["name"]: entry(a) for a in anchors
                     if all(m in a["results"] for m in ("ms-ssim-rgb", "psnr-rgb"))},
     }

@@ -16,6 +16,7 @@ from rnncodec.codec import (
     RNNCodec,
     bitstream,
     compress,
+    compress_progressive,
     decompress,
     decompress_progressive,
     model_id,
@@ -67,6 +68,9 @@ def test_decompress_equals_evaluation_reconstruction_bit_for_bit_for_every_prefi
         assert np.array_equal(decompress(model, data, iterations=k), reference[k - 1]), k
     progressive = decompress_progressive(model, data)
     assert all(np.array_equal(a, b) for a, b in zip(progressive, reference))
+    same, encoder_side = compress_progressive(model, image, iterations=5, entropy_coding=entropy_coding)
+    assert same == data and len(encoder_side) == 5
+    assert all(np.array_equal(a, b) for a, b in zip(encoder_side, reference))
 
 
 @pytest.mark.parametrize("size", [(1, 1), (17, 33), (37, 53), (100, 31)])

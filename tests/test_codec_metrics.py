@@ -8,7 +8,17 @@ import torch
 from pytorch_msssim import ms_ssim as reference_ms_ssim
 from scipy.signal import convolve2d
 
-from rnncodec.codec.metrics import PATCH_MS_SSIM, STANDARD_MS_SSIM, ms_ssim, ms_ssim_db, ms_ssim_with, psnr, rd_auc
+from rnncodec.codec import metrics
+from rnncodec.codec.metrics import (
+    PATCH_MS_SSIM,
+    STANDARD_MS_SSIM,
+    ms_ssim,
+    ms_ssim_against,
+    ms_ssim_db,
+    ms_ssim_with,
+    psnr,
+    rd_auc,
+)
 
 
 def _pair(n: int, h: int, w: int, noise: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,6 +34,21 @@ def test_standard_form_equals_pytorch_msssim():
     ours = ms_ssim_with(x, y, 255, STANDARD_MS_SSIM)
     torch.testing.assert_close(ours, reference_ms_ssim(x, y, data_range=255, size_average=False))
     torch.testing.assert_close(ms_ssim(x, y), ours)  # large images go through pytorch-msssim
+
+
+@pytest.mark.parametrize("chunk_values", [metrics.CHUNK_VALUES, 2 * 3 * 176 * 192])
+def test_batched_ms_ssim_against_one_reference_equals_pytorch_msssim_per_image(monkeypatch, chunk_values):
+    """All images in one chunk (the default here) and chunks of 2; within 1e-6 of one pytorch-msssim
+    call per image (whose own values move by an ulp with the input's memory alignment)."""
+    monkeypatch.setattr(metrics, "CHUNK_VALUES", chunk_values)
+    x, _ = _pair(1, 176, 192, 0.0, seed=3)
+    ys = torch.cat([_pair(1, 176, 192, noise, seed=3)[1] for noise in (2.0, 25.0, 120.0)])
+    expected = torch.cat([reference_ms_ssim(x, y[None], data_range=255, size_average=False) for y in ys])
+    torch.testing.assert_close(ms_ssim_against(x, ys), expected, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="one reference shaped like"):
+        ms_ssim_against(ys, ys)
+    with pytest.raises(ValueError, match="at least 161 pixels"):
+        ms_ssim_against(x[..., :160], ys[..., :160])
 
 
 def _numpy_patch_ms_ssim(x: np.ndarray, y: np.ndarray) -> float:

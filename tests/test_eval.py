@@ -14,19 +14,21 @@ import torch
 
 from rnncodec.codec import CodecConfig, CodecError, RNNCodec, compress, save_checkpoint
 from rnncodec.codec.bitstream import HEADER_BYTES, prefix_bitstream
+from rnncodec.codec.metrics import psnr
 from rnncodec.data.errors import RnncodecError
 from rnncodec.data.images import load_image
-from rnncodec.codec.metrics import psnr
 from rnncodec.evaluation import kodak
 from rnncodec.evaluation.baselines import BASELINES, encode_decode, parse_baselines
 from rnncodec.evaluation.plots import load_anchors
+from rnncodec.evaluation.quality import image_metrics, image_metrics_many
 from rnncodec.evaluation.rd import (
     auc,
+    auc_with_note,
     bd_rate,
     center_crop,
+    compare,
     evaluate_checkpoint,
     file_bpp,
-    image_metrics,
     parse_iterations,
     raw_codes,
 )
@@ -96,10 +98,13 @@ def test_prefix_of_a_longer_file_is_exactly_the_file_compress_writes():
         prefix_bitstream(full, 5)
 
 
+QUALITY_KEYS = ("bytes", "bpp", "bpp-payload", "bpp-raw", "bpp-payload-raw", "psnr-rgb", "ms-ssim-rgb", "ms-ssim-db")
+
+
 def test_evaluate_checkpoint_counts_the_real_bitstream_and_prefix_timing_changes_only_times():
     model = _model()
     images = [("a", _image(176, 176, 1)), ("b", _image(176, 192, 2))]
-    exact = evaluate_checkpoint(model, images, "1,2")
+    exact = evaluate_checkpoint(model, images, "1,2", timing="exact")
     prefix = evaluate_checkpoint(model, images, [1, 2], timing="prefix")
     r = exact["results"]
     assert r["iterations"] == [1, 2] and COMPRESSAI_KEYS <= set(r)
@@ -118,6 +123,47 @@ def test_evaluate_checkpoint_counts_the_real_bitstream_and_prefix_timing_changes
         assert prefix["results"][key] == r[key], key
     raw = raw_codes(exact)
     assert raw["results"]["bpp"] == r["bpp-raw"] and raw["results"]["psnr-rgb"] == r["psnr-rgb"]
+
+
+def test_default_prefix_scoring_equals_full_decodes_and_times_only_the_sample():
+    """The default scores each image from one file at the largest count (smaller counts cut from it,
+    one progressive decode): every per-image figure equals a real compress and decompress at each k."""
+    model = _model(1)
+    images = [("a", _image(176, 176, 3)), ("b", _image(192, 176, 4))]
+    exact = evaluate_checkpoint(model, images, "1-5", timing="exact")
+    sample = evaluate_checkpoint(model, images, "1-5")  # timing="sample": the first image timed at 1, 2, 4, 5
+    assert len(sample["per_image"]) == len(exact["per_image"]) == 10
+    for s, e in zip(sample["per_image"], exact["per_image"]):
+        assert (s["image"], s["iterations"]) == (e["image"], e["iterations"])
+        assert {k: s[k] for k in QUALITY_KEYS} == {k: e[k] for k in QUALITY_KEYS}, (s["image"], s["iterations"])
+        assert ("encoding_time" in s) == ("decoding_time" in s) == (s["image"] == "a" and s["iterations"] != 3)
+    r = sample["results"]
+    timed = [row["encoding_time"] for row in sample["per_image"] if "encoding_time" in row]
+    assert [v for v in r["encoding_time"] if not math.isnan(v)] == timed and math.isnan(r["encoding_time"][2])
+    assert "on the first image only" in sample["timing"] and sample["timing"] in sample["description"]
+    untimed = evaluate_checkpoint(model, images[:1], "1,3", timing_images=0)
+    assert all(math.isnan(v) for v in untimed["results"]["encoding_time"] + untimed["results"]["decoding_time"])
+    for bad in (-1, 1.5, True):
+        with pytest.raises(CodecError, match="timed images"):
+            evaluate_checkpoint(model, images, "1", timing_images=bad)
+    with pytest.raises(CodecError, match="timing must be one of"):
+        evaluate_checkpoint(model, images, "1", timing="fast")
+
+
+def test_batched_image_metrics_equal_one_call_per_image():
+    image = _image(176, 200, 6)
+    rng = np.random.default_rng(6)
+    decoded = [np.clip(image.astype(int) + rng.integers(-s, s + 1, image.shape), 0, 255).astype(np.uint8)
+               for s in (1, 8, 30, 90)] + [image.copy()]
+    batched = image_metrics_many(image, decoded)
+    for b, d in zip(batched, decoded):
+        one = image_metrics(image, d)
+        assert b["psnr-rgb"] == one["psnr-rgb"]
+        assert b["ms-ssim-rgb"] == pytest.approx(one["ms-ssim-rgb"], abs=1e-6)
+    assert batched[-1] == {"psnr-rgb": math.inf, "ms-ssim-rgb": 1.0, "ms-ssim-db": math.inf}
+    assert image_metrics_many(image, []) == []
+    with pytest.raises(CodecError, match="decoded image is"):
+        image_metrics_many(image, [decoded[0], decoded[0][:-1]])
 
 
 def test_bad_iteration_specs_and_baselines_are_clean_errors():
@@ -175,6 +221,29 @@ def test_bd_rate_of_a_curve_against_itself_is_zero_and_half_the_bits_is_minus_ha
     assert result["bd_rate"] is not None and "used the 4 of 5 points" in result["note"]
 
 
+def _curve(bpp: list[float], values: list[float]) -> dict:
+    return {"name": "c", "results": {"bpp": bpp, "ms-ssim-rgb": values, "psnr-rgb": [20 + 10 * v for v in values]}}
+
+
+def test_auc_extrapolates_a_curve_a_little_short_of_the_range_and_says_why_it_cannot_otherwise():
+    bpp = [0.125 * k for k in range(1, 17)]
+    full = _curve(bpp, [0.5 + 0.2 * b for b in bpp])  # a straight line: extrapolation is exact on it
+    value, note = auc_with_note(full)
+    assert note == "" and value == pytest.approx(0.5 * 1.875 + 0.1 * (4 - 0.125**2))
+    short = np.linspace(0.135, 1.89, 15)  # e.g. a 481×321 image's padding at one end
+    padded = _curve(list(short), [0.5 + 0.2 * b for b in short])
+    value, note = auc_with_note(padded)
+    assert value == pytest.approx(auc(full)) and auc(padded) == value
+    assert note == "extrapolated from 0.135 down to 0.125 bpp; extrapolated from 1.890 up to 2 bpp"
+    assert auc_with_note(_curve([0.3, 1.0, 2.0], [0.8, 0.9, 0.95])) == (
+        None, "curve starts at 0.300 bpp, more than 10% above 0.125")
+    assert auc_with_note(_curve([0.125, 1.0, 1.5], [0.8, 0.9, 0.95])) == (
+        None, "curve ends at 1.500 bpp, more than 10% below 2")
+    assert auc_with_note(_curve([0.5, 0.5], [0.8, 0.9])) == (None, "fewer than 2 points with a finite ms-ssim-rgb")
+    summary = compare([padded], [])
+    assert summary["codecs"]["c"]["auc_notes"]["ms-ssim-rgb"].startswith("extrapolated from 0.135")
+
+
 # --- the command ------------------------------------------------------------------------------
 
 
@@ -210,6 +279,9 @@ def test_eval_of_a_small_checkpoint_on_two_kodak_images(tiny_ckpt, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["codecs"]["rnncodec"]["bd_rate_percent"]["JPEG"]) == {"psnr-rgb", "ms-ssim-db"}
     assert "rnncodec (raw codes)" in summary["codecs"]
+    assert summary["codecs"]["rnncodec"]["auc"]["ms-ssim-rgb"] is None  # 2 iterations: nowhere near 2 bpp
+    assert summary["codecs"]["rnncodec"]["auc_notes"]["ms-ssim-rgb"].startswith("curve ends at 0.")
+    assert "first image only" in summary["timing"]
     assert summary["entropy_coding"]["rnncodec"]["saving_percent"][0] > 0
     for stem in ("rd_psnr", "rd_ms-ssim", "rd_ms-ssim-db"):
         assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -220,6 +292,7 @@ def test_eval_of_a_small_checkpoint_on_two_kodak_images(tiny_ckpt, tmp_path):
     (["--iterations", "0-4"], "iterations must lie in 1..16"),
     (["--baselines", "jpeg,gif"], "unknown baseline 'gif'"),
     (["--anchors", "/nonexistent/anchors"], "no such anchors folder"),
+    (["--timing-images", "-1"], "number of timed images"),
 ])
 def test_eval_bad_input_is_a_one_line_codec_error(tiny_ckpt, tmp_path, argv, message):
     base = {"--checkpoint": str(tiny_ckpt), "--images": str(tmp_path), "--out": str(tmp_path / "o")}
