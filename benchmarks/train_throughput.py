@@ -7,8 +7,8 @@ network and training step, ``peer_1zb.py``), so ratios are read off one machine 
 fp32 matrix-multiply peak of the device (a square ``--peak-size`` matmul) is measured in the same
 run too, and each variant's share of it reported (FLOPs counted by torch's FlopCounterMode).
 
-Variants: ``peer``; ``ours`` (as ``rnncodec train`` runs it: fp32); on CUDA also ``ours-bf16``
-(bfloat16 autocast), ``ours-bf16-cl`` (plus channels_last), ``ours-compiled`` (plus
+Variants: ``peer``; ``ours`` (as ``rnncodec train`` runs it: fp32); ``ours-bf16`` (bfloat16
+autocast, ``--amp``; fp32 where the CPU has no native bf16: see ``amp``); on CUDA also ``ours-bf16-cl`` (plus channels_last), ``ours-compiled`` (plus
 ``torch.compile`` of the network) and ``ours-cudagraphs`` (compiled with
 ``mode="reduce-overhead"``: CUDA graphs). The defaults are the paper's size: width 1.0, batch 32,
 4 iterations.
@@ -35,7 +35,7 @@ from peer_1zb import LR, PeerCodec, peer_step  # noqa: E402
 from rnncodec.codec.model import CodecConfig, RNNCodec  # noqa: E402
 from rnncodec.codec.training import TrainConfig, Trainer  # noqa: E402
 
-CPU_VARIANTS = ("peer", "ours")
+CPU_VARIANTS = ("peer", "ours", "ours-bf16")
 CUDA_VARIANTS = ("peer", "ours", "ours-bf16", "ours-bf16-cl", "ours-compiled", "ours-cudagraphs")
 
 
@@ -60,12 +60,12 @@ def matmul_peak(device: torch.device, size: int, repeats: int = 5) -> float:
 
 
 def make_step(variant: str, width: float, iterations: int, device: torch.device):
-    """A zero-argument callable taking one training step on a fixed random batch, and its model."""
+    """The model, a callable taking one training step on a batch, and whether bf16 autocast is on."""
     torch.manual_seed(0)
     if variant == "peer":
         model = PeerCodec(width).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=LR)
-        return model, lambda pixels: peer_step(model, opt, pixels, iterations)
+        return model, lambda pixels: peer_step(model, opt, pixels, iterations), False
     model = RNNCodec(CodecConfig(width=width)).to(device)
     if variant in ("ours-bf16-cl", "ours-compiled", "ours-cudagraphs"):
         model = model.to(memory_format=torch.channels_last)
@@ -75,12 +75,12 @@ def make_step(variant: str, width: float, iterations: int, device: torch.device)
         model.forward = torch.compile(model.forward, mode="reduce-overhead")
     trainer = Trainer(model, TrainConfig(iterations=iterations, lr=LR, lr_schedule="none",
                                          amp=variant != "ours"))
-    return model, lambda pixels: trainer.run(iter((pixels,)), 1)
+    return model, lambda pixels: trainer.run(iter((pixels,)), 1), trainer.amp
 
 
 def measure(variant: str, width: float, batch: int, iterations: int, steps: int, warmup: int,
             device: torch.device) -> dict:
-    model, step = make_step(variant, width, iterations, device)
+    model, step, amp = make_step(variant, width, iterations, device)
     pixels = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=device)
     start = time.perf_counter()
     step(pixels)  # first step: lazy initialisation, compilation
@@ -100,7 +100,7 @@ def measure(variant: str, width: float, batch: int, iterations: int, steps: int,
         _sync(device)
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
-    return {"variant": variant, "width": width, "batch": batch, "iterations": iterations,
+    return {"variant": variant, "width": width, "bf16_autocast": amp, "batch": batch, "iterations": iterations,
             "params": sum(p.numel() for p in model.parameters()),
             "first_step_s": round(first, 2), "seconds_per_step": round(seconds, 4),
             "patch_iterations_per_s": round(batch * iterations / seconds, 1),
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every variant")
     parser.add_argument("--widths", type=float, nargs="+", default=[1.0])
-    parser.add_argument("--variants", nargs="+", help="default: peer ours (CPU); all six (CUDA)")
+    parser.add_argument("--variants", nargs="+", help="default: peer ours ours-bf16 (CPU); all six (CUDA)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--peak-size", type=int, default=2048)
     args = parser.parse_args()

@@ -36,7 +36,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # none, cosine over total_steps, or step (÷10 at 2/3 of it)
     total_steps: int = 1
     grad_clip: float | None = None
-    amp: bool = False  # bfloat16 autocast; only used on CUDA
+    amp: bool = False  # bfloat16 autocast where it runs natively (bf16_native)
     deterministic: bool = False
 
     def __post_init__(self) -> None:
@@ -59,6 +59,13 @@ def set_deterministic(on: bool) -> None:
         torch.use_deterministic_algorithms(on)
     torch.backends.cudnn.deterministic = on
     torch.backends.cudnn.benchmark = False
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether bfloat16 autocast runs natively: on CUDA, or on a CPU with AVX512-BF16 or AMX (oneDNN).
+    On this project's Zen 4 CPU it makes the paper-size training step 1.7× faster (width 1.0), 1.2× at
+    width 0.125 (``benchmarks/train_throughput.py``)."""
+    return device.type == "cuda" or (device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _device(model: RNNCodec) -> torch.device:
@@ -103,7 +110,7 @@ class Trainer:
         self.model, self.config = model, config
         set_deterministic(config.deterministic)
         params, lr, wd = model.parameters(), config.lr, config.weight_decay
-        fused = {"fused": True} if _device(model).type == "cuda" else {}
+        fused = {"fused": True}  # one kernel for every parameter: on the CPU 17 ms a step, not 100 (width 1.0)
         if config.optimizer == "adam":
             self.optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr, weight_decay=wd, **fused)
         elif config.optimizer == "adamw":
@@ -111,8 +118,8 @@ class Trainer:
         else:
             self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._factor)
-        self.amp = config.amp and _device(model).type == "cuda"
-        if self.amp:  # channels_last adds 4% to bf16 on an H100 (benchmarks/gpu_check.sh)
+        self.amp = config.amp and bf16_native(_device(model))
+        if self.amp and _device(model).type == "cuda":  # channels_last adds 4% to bf16 on an H100
             model.to(memory_format=torch.channels_last)
         self.steps, self.samples_seen, self.train_time = 0, 0, 0.0
 

@@ -175,7 +175,7 @@ def _add_codec_commands(sub: argparse._SubParsersAction) -> None:
                    help="start from this checkpoint's weights (same cell and width; the mode may differ)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'")
-    p.add_argument("--amp", action="store_true", help="bfloat16 mixed precision (GPU only)")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on GPUs and CPUs with native bf16 (AVX512-BF16, AMX); ignored elsewhere")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels, so GPU runs reproduce bit for bit (slower; CPU runs always do)")
     p.set_defaults(func=_train)

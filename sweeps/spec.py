@@ -120,7 +120,7 @@ TRAIN: dict[str, tuple[Any, Callable[[str, Any], Any], str]] = {
     "batch_size": (32, _int(1, 1 << 20), "images per step"),
     "train_size": (None, _int(1, none=True), "training images used (a fixed nested subset); null = all"),
     "val_size": (256, _int(1, 1 << 20), "validation images evaluated every epoch"),
-    "amp": (False, _bool, "bfloat16 mixed precision (GPU trials only)"),
+    "amp": (False, _bool, "bfloat16 autocast (GPUs, CPUs with native bf16)"),
     "grad_clip": (None, _float(0, open_lo=True, none=True), "gradient norm clip; null = none"),
     "deterministic": (False, _bool, "deterministic kernels: GPU trials reproduce bit for bit (slower); "
                       "CPU trials always do"),

@@ -1,5 +1,8 @@
 """The network: sizes, bit counts, the binarizer, the cells, and that every variant learns."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -134,6 +137,21 @@ def test_trainer_builds_the_configured_optimizer_schedule_and_determinism():
     assert not torch.are_deterministic_algorithms_enabled()
     with pytest.raises(CodecError, match="optimizer 'lion'"):
         TrainConfig(optimizer="lion")
+
+
+def test_bf16_autocast_runs_where_the_cpu_has_it_and_still_learns():
+    from rnncodec.codec.training import TrainConfig, Trainer, bf16_native
+
+    batch, curves = _smooth_batch(), {}
+    for amp in (False, True):
+        torch.manual_seed(0)
+        model = RNNCodec(CodecConfig(width=0.125))
+        trainer = Trainer(model, TrainConfig(iterations=2, lr=3e-3, lr_schedule="none", amp=amp))
+        assert trainer.amp == (amp and bf16_native(torch.device("cpu")))
+        curves[amp] = trainer.run(iter([batch] * 80), 80)
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast keeps fp32 weights
+    fp32, bf16 = (np.mean(curves[amp][-10:]) for amp in (False, True))
+    assert all(map(math.isfinite, curves[True])) and bf16 < 0.8 * curves[True][0] and bf16 < 1.15 * fp32, (fp32, bf16, curves[True][0])
 
 
 @pytest.mark.parametrize("cin,cout,k,stride,side,bias", [
