@@ -279,20 +279,6 @@ class GainEstimator(nn.Module):
         return g[:, :, : x_hat.shape[2], : x_hat.shape[3]]
 
 
-def _initialise(model: nn.Module) -> None:
-    """LeCun-normal weights times 4 and zero biases for every convolution except the decoder's last
-    (zero: a mid-grey start) and the gain estimator's. A gated cell at initialisation passes about a
-    quarter of its input's scale (sigmoid gates ≈ ½ times ½); with PyTorch's default initialisation
-    the signal shrank ~50× on its way to the binarizer, whose bits were then coin flips (mean |tanh|
-    0.02–0.07) and training spent its first hundreds of steps learning almost nothing. With the gain
-    of 4 the scale holds through the cells and mean |tanh| is about 0.35."""
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d) and not name.startswith("gain") and name != "decoder.conv_out":
-            nn.init.normal_(m.weight, 0.0, 4 / math.sqrt(m.weight[0].numel()))
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-
 class RNNCodec(nn.Module):
     """Encoder, binarizer and decoder applied for several iterations to the residual.
 
@@ -311,7 +297,6 @@ class RNNCodec(nn.Module):
             GainEstimator(self.config.channels(self.config.gain_channels), self.config.bias)
             if self.config.mode == "residual-scaling" else None
         )
-        _initialise(self)
 
     def initial_state(self) -> dict[str, Any]:
         """The decoder's state before the first iteration (shared by training and decompress)."""
