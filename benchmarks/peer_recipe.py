@@ -28,17 +28,13 @@ from peer_1zb import LR, PeerCodec, peer_step  # noqa: E402
 from rnncodec.codec.image import to_input, to_pixels  # noqa: E402
 from rnncodec.codec.model import CodecConfig, RNNCodec  # noqa: E402
 from rnncodec.codec.training import PatchStream, TrainConfig, Trainer  # noqa: E402
-from rnncodec.data.images import list_images, load_image  # noqa: E402
+from rnncodec.evaluation.rd import load_images  # noqa: E402
 
 
 def held_out(folder: str, count: int, crop: int) -> torch.Tensor:
     """The central ``crop``×``crop`` window of the first ``count`` images, uint8 N×3×crop×crop."""
-    out = []
-    for path in list_images(folder)[:count]:
-        im = load_image(path)
-        y, x = (im.shape[0] - crop) // 2, (im.shape[1] - crop) // 2
-        out.append(im[y : y + crop, x : x + crop])
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+    images = [im for _, im in load_images(folder, limit=count, crop=crop)]
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
 @torch.no_grad()
