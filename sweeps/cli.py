@@ -299,7 +299,8 @@ def _sweep_run(args: argparse.Namespace) -> int:
     from rnncodec.sweeps import runner
 
     summary = runner.run(args.spec, name=args.name, storage=args.storage, address=args.address,
-                         num_cpus=args.num_cpus, say=_say)
+                         num_cpus=args.num_cpus, say=_say, data_root=args.data_root,
+                         accept_unverified=args.accept_unverified)
     return 130 if summary["unfinished"] else 1 if summary["errors"] else 0
 
 
@@ -341,6 +342,11 @@ def _add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--storage", help="results folder or pyarrow URI such as s3://bucket/sweeps (default: the file's)")
     q.add_argument("--address", help="join this Ray cluster (e.g. auto or HOST:6379) instead of starting one")
     q.add_argument("--num-cpus", type=positive(int), help="CPUs of the local Ray (default: all)")
+    q.add_argument("--data-root", metavar="ROOT", help="folder holding the CIFAR archives (replaces the file's "
+                   "data.root; default: download into the cache)")
+    q.add_argument("--accept-unverified", action="store_true",
+                   help="use CIFAR archives whose md5 sums differ from the official ones (they are unpickled: "
+                   "trust them first)")
     q.set_defaults(func=_sweep_run)
 
     q = cmds.add_parser("resume", help="continue a sweep's unfinished and errored trials from their checkpoints",

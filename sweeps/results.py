@@ -18,6 +18,17 @@ import pyarrow.fs as pafs
 
 from rnncodec.data.errors import RnncodecError
 from rnncodec.data.files import write_atomic
+from rnncodec.sweeps.analysis import (
+    ALIGN,
+    ALPHA,
+    aligned_values,
+    along,
+    curve,
+    final_values,
+    mean_ci,
+    order,
+    setting_of,
+)
 from rnncodec.sweeps.spec import Sweep, SweepError
 from rnncodec.sweeps.storage import (
     TRIALS_FILE,
@@ -95,31 +106,6 @@ def status_table(location: str):
 # --------------------------------------------------------------------------- report
 
 
-def _t95(n: int) -> float:
-    """Two-sided 95% Student-t quantile for n − 1 degrees of freedom."""
-    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-             10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
-    df = n - 1
-    if df < 1:
-        return float("nan")
-    for k in sorted(table):
-        if df <= k:
-            return table[k]
-    return 1.96
-
-
-def mean_ci(values: list[float]) -> tuple[float, float, float]:
-    """Mean, sample standard deviation and 95% confidence half-width (nan when n < 2)."""
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan"), float("nan")
-    m = sum(values) / n
-    if n < 2:
-        return m, float("nan"), float("nan")
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-    return m, sd, _t95(n) * sd / math.sqrt(n)
-
-
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -129,35 +115,19 @@ def _label(spec: Sweep, params: dict[str, Any], skip: tuple[str, ...] = ()) -> s
 
 
 def rows(spec: Sweep, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per trial and epoch: trial, status, repeat, the axis values, then every metric."""
+    """One row per trial and validation: every epoch end (``probe`` 0) and every probe between them
+    (``probe`` 1, at a fractional epoch), with the trial, status, repeat and axis values, then every
+    metric."""
     out = []
     for t in trials:
         for h in t["history"]:
-            row = {"trial": t["trial"], "status": t["status"], "repeat": t["repeat"],
-                   **{a: t["params"].get(a) for a in spec.axes}}
-            row.update({k: v for k, v in h.items() if k not in row})
-            out.append(row)
-    return out
-
-
-def _curves(spec, trials, axis, metric, epochs):
-    """value of ``axis`` → (epochs, mean, half-width) of ``metric`` pooled over repeats and other axes."""
-    groups: dict[Any, list[list[float]]] = {}
-    for t in trials:
-        by_epoch = {h["epoch"]: h.get(metric) for h in t["history"]}
-        key = t["params"].get(axis) if axis else _label(spec, t["params"])
-        groups.setdefault(key, []).append([by_epoch.get(e) for e in range(1, epochs + 1)])
-    out = {}
-    for key, series in groups.items():
-        xs, ms, hs = [], [], []
-        for i in range(epochs):
-            vals = [s[i] for s in series if s[i] is not None]
-            if vals:
-                m, _, h = mean_ci(vals)
-                xs.append(i + 1)
-                ms.append(m)
-                hs.append(0.0 if math.isnan(h) else h)
-        out[key] = (xs, ms, hs)
+            for p in [*h.get("probes", []), h]:
+                row = {"trial": t["trial"], "status": t["status"], "repeat": t["repeat"],
+                       **{a: t["params"].get(a) for a in spec.axes}, "probe": int(p is not h)}
+                row.update({k: v for k, v in p.items() if k not in row and k != "probes"})
+                if p is not h:  # its fractional epoch: every epoch has the same number of steps
+                    row["epoch"] = round(p["steps"] * h["epoch"] / h["steps"], 4)
+                out.append(row)
     return out
 
 
@@ -168,28 +138,103 @@ def _save_figure(path: Path, fig: Any) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def _figure(path: Path, spec: Sweep, trials, axis: str | None) -> None:
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+X_LABELS = {"epoch": "epoch", "steps": "optimizer steps", "samples_seen": "samples seen"}
 
-    epochs = spec.fixed["epochs"]
-    fig = Figure(figsize=(11, 4))
-    panels = fig.subplots(1, 2)
-    for ax, (metric, title) in zip(panels, (("val/ms_ssim", "validation MS-SSIM"), ("val/psnr", "validation PSNR (dB)"))):
-        for key, (xs, ms, hs) in sorted(_curves(spec, trials, axis, metric, epochs).items(), key=lambda kv: str(kv[0])):
-            if not xs:
+
+def _panels(spec: Sweep, trials: list[dict[str, Any]], axis: str) -> dict[str, list[dict[str, Any]]]:
+    """Trials grouped by the values of the axes other than ``axis`` (one group when there are none)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for t in trials:
+        groups.setdefault(_label(spec, t["params"], skip=(axis,)), []).append(t)
+    return dict(sorted(groups.items(), key=lambda kv: order(setting_of(spec, kv[1][0]["params"], axis))))
+
+
+def _levels(trials: list[dict[str, Any]], axis: str) -> list[Any]:
+    return sorted({t["params"].get(axis) for t in trials}, key=order)
+
+
+def _colours(n: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    return [colormaps["viridis"](i / max(n - 1, 1) * 0.9) for i in range(n)]
+
+
+def _curves_figure(path: Path, spec: Sweep, trials: list[dict[str, Any]], axis: str, x: str) -> None:
+    """The metric against epochs, steps or samples seen: one line per level of ``axis`` (mean and 95%
+    band across repeats at each validation), one panel per setting of the other axes."""
+    from matplotlib.figure import Figure
+
+    panels = _panels(spec, trials, axis)
+    levels = _levels(trials, axis)
+    fig = Figure(figsize=(4.2 * len(panels) + 0.6, 3.6))
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    for ax, (title, group) in zip(axes, panels.items()):
+        for level, colour in zip(levels, _colours(len(levels))):
+            series: dict[float, list[float]] = {}
+            for t in group:
+                if t["params"].get(axis) != level:
+                    continue
+                if x == "epoch":
+                    points = [(h["epoch"], h[spec.metric]) for h in t["history"] if isinstance(h.get(spec.metric), (int, float))]
+                else:
+                    points = [(p[0] if x == "steps" else p[1], p[2]) for p in curve(t, spec.metric)]
+                for px, v in points:
+                    series.setdefault(px, []).append(v)
+            if not series:
                 continue
-            line, = ax.plot(xs, ms, marker="o", ms=3, label=f"{axis}={_fmt(key)}" if axis else str(key))
-            ax.fill_between(xs, [m - h for m, h in zip(ms, hs)], [m + h for m, h in zip(ms, hs)],
-                            color=line.get_color(), alpha=0.2)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(title)
+            xs = sorted(series)
+            stats_ = [mean_ci(series[px]) for px in xs]
+            ms = [m for m, _, _ in stats_]
+            hs = [0.0 if math.isnan(h) else h for _, _, h in stats_]
+            ax.plot(xs, ms, marker="o" if x == "epoch" else None, ms=3, color=colour, label=f"{axis}={_fmt(level)}")
+            ax.fill_between(xs, [m - h for m, h in zip(ms, hs)], [m + h for m, h in zip(ms, hs)], color=colour, alpha=0.2)
+        if x != "epoch":
+            ax.set_xscale("log")
+        ax.set_xlabel(X_LABELS[x])
+        ax.set_title(title if title != spec.name else "", fontsize=9)
         ax.grid(alpha=0.3)
-    panels[0].legend(fontsize=8)
-    by = f"by {axis}" if axis else "by configuration"
-    fig.suptitle(f"{spec.name}: {by} (mean, 95% band across repeats"
-                 f"{' and other axes' if axis and len(spec.axes) > 1 else ''})", fontsize=10)
+    axes[0].set_ylabel(spec.metric)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{spec.name}: {spec.metric} against {X_LABELS[x]} by {axis} (mean, 95% band across repeats)",
+                 fontsize=10)
+    fig.tight_layout()
+    _save_figure(path, fig)
+
+
+def _views(spec: Sweep, trials: list[dict[str, Any]], axis: str) -> list[tuple[str, dict[str, float]]]:
+    """(title, trial → value) of each comparison along ``axis``: at the last epoch, and where the axis
+    changes the steps or samples of an epoch, at equal steps or samples."""
+    views = [(f"equal epochs ({spec.fixed['epochs']})", final_values(spec, trials))]
+    if axis in ALIGN:
+        views.append((f"equal {X_LABELS[ALIGN[axis]]}", aligned_values(spec, trials, axis, ALIGN[axis])[0]))
+    return views
+
+
+def _levels_figure(path: Path, spec: Sweep, trials: list[dict[str, Any]], axis: str) -> None:
+    """The compared metric against the levels of ``axis`` (mean ± 95% CI across repeats), one line per
+    setting of the other axes, one panel per way of comparing (equal epochs, steps or samples)."""
+    from matplotlib.figure import Figure
+
+    views = _views(spec, trials, axis)
+    fig = Figure(figsize=(4.6 * len(views) + 0.6, 3.6))
+    panels = fig.subplots(1, len(views), squeeze=False)[0]
+    numeric = all(isinstance(v, (int, float)) and v > 0 for v in _levels(trials, axis))
+    for ax, (title, values) in zip(panels, views):
+        shapes = along(spec, trials, values, axis)
+        for s, colour in zip(shapes, _colours(len(shapes))):
+            xs = [lv[0] if numeric else str(lv[0]) for lv in s["levels"]]
+            ax.errorbar(xs, [lv[1] for lv in s["levels"]], yerr=[0 if math.isnan(lv[3]) else lv[3] for lv in s["levels"]],
+                        marker="o", ms=4, capsize=3, color=colour,
+                        label=", ".join(f"{a}={_fmt(v)}" for a, v in s["setting"]) or spec.name)
+        if numeric:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(_levels(trials, axis), [_fmt(v) for v in _levels(trials, axis)])
+        ax.set_xlabel(axis)
+        ax.set_title(f"at {title}", fontsize=9)
+        ax.grid(alpha=0.3)
+    panels[0].set_ylabel(spec.metric)
+    panels[0].legend(fontsize=7)
+    fig.suptitle(f"{spec.name}: {spec.metric} by {axis} (mean ± 95% CI across repeats)", fontsize=10)
     fig.tight_layout()
     _save_figure(path, fig)
 
@@ -278,59 +323,101 @@ def _reconstructions(path: Path, spec: Sweep, trials, data_location: str, fs: pa
     return True
 
 
-def _final(spec: Sweep, t: dict[str, Any]) -> float | None:
-    h = [x for x in t["history"] if x.get("epoch") == spec.fixed["epochs"]]
-    v = h[-1].get(spec.metric) if h else None
-    return v if isinstance(v, (int, float)) else None
+def _question(spec: Sweep, trials: list[dict[str, Any]], axis: str, title: str, values: dict[str, float],
+              note: str = "") -> list[str]:
+    """Markdown for one question: the levels of ``axis`` at each setting of the other axes (mean ± 95%
+    CI), the verdict on its shape, and every pair with Welch's and Holm's p."""
+    shapes = along(spec, trials, values, axis)
+    if not shapes:
+        return []
+    levels = _levels(trials, axis)
+    pairs = sum(len(s["pairs"]) for s in shapes)
+    lines = [f"## {axis} at {title}", "", *([note, ""] if note else []),
+             f"| {' / '.join(a for a in spec.axes if a != axis) or 'setting'} | "
+             + " | ".join(f"{axis}={_fmt(v)}" for v in levels) + " | verdict |",
+             "|---|" + "---:|" * len(levels) + "---|"]
+    for s in shapes:
+        cells = {lv[0]: f"{lv[1]:.4f} ± {lv[3]:.4f} (n={lv[4]})" if not math.isnan(lv[3]) else f"{lv[1]:.4f} (n={lv[4]})"
+                 for lv in s["levels"]}
+        name = ", ".join(f"{a}={_fmt(v)}" for a, v in s["setting"]) or "all"
+        lines.append(f"| {name} | " + " | ".join(cells.get(v, "–") for v in levels) + f" | {s['verdict']} |")
+    lines += ["", (f"Pairs: Welch's t-test, Holm-adjusted over the {pairs} pairs of this question; **bold** where "
+                   f"the difference is beyond the seed-to-seed spread (Holm p < {ALPHA:g})."), ""]
+    for s in shapes:
+        where = ", ".join(f"{a}={_fmt(v)}" for a, v in s["setting"])
+        for p in s["pairs"]:
+            text = (f"{axis} {_fmt(p['a'])} vs {_fmt(p['b'])}" + (f" at {where}" if where else "")
+                    + f": Δ = {p['delta']:+.4f}, p = {p['p']:.3g}, Holm p = {p['p_holm']:.3g}")
+            lines.append(f"- **{text}**" if p["p_holm"] < ALPHA else f"- {text}")
+    return [*lines, ""]
 
 
-def summary_markdown(spec: Sweep, trials: list[dict[str, Any]], figures: list[str]) -> str:
-    """Configurations ranked by the final metric (mean ± 95% CI over repeats), and which differences
-    between configurations that differ in one axis exceed the seed-to-seed spread."""
-    configs: dict[str, dict[str, Any]] = {}
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def run_facts(trials: list[dict[str, Any]], wandb_runs: int | None = None) -> list[str]:
+    """Markdown bullets on how the sweep ran: trial outcomes and retries, the span from the first trial's
+    start to the last epoch's end, trials per hour, where the trials' time went, W&B runs written."""
+    lasts = [t["history"][-1] for t in trials if t["history"]]
+    statuses = [t["status"] for t in trials]
+    lines = [f"- trials: {statuses.count('TERMINATED')} finished, {statuses.count('ERROR')} errored, "
+             f"{len(trials) - statuses.count('TERMINATED') - statuses.count('ERROR')} other; retries after a "
+             f"failure: {sum(int(t['failures'] or 0) for t in trials)}"
+             + "".join(f"\n  - {t['trial']}: {t['error']}" for t in trials if t.get("error"))]
+    starts = [t["started"] for t in trials if isinstance(t.get("started"), (int, float))]
+    ends = [h["epoch_end_at"] for h in lasts if isinstance(h.get("epoch_end_at"), (int, float))]
+    busy = sum(float(h.get("wall_time", 0)) for h in lasts)
+    if starts and ends and max(ends) > min(starts):
+        span = max(ends) - min(starts)
+        lines.append(f"- span (first trial's start to last epoch's end): {_duration(span)}; "
+                     f"{statuses.count('TERMINATED') / span * 3600:.1f} finished trials per hour; "
+                     f"{busy / span:.2f} trials running on average")
+    if busy:
+        train = sum(float(h.get("train_time", 0)) for h in lasts)
+        setup = sum(float(h.get("setup_time", 0)) for h in lasts)
+        wandb_ = sum(float(h.get("wandb_time", 0)) for h in lasts)
+        lines.append(f"- time inside trials: {_duration(busy)}; training steps {train / busy:.0%}, start-up (data, "
+                     f"model, W&B init) {setup / busy:.0%}, the rest (validation and probes, checkpoints, W&B "
+                     f"logging) {max(busy - train - setup, 0) / busy:.0%}; W&B init and logging together "
+                     f"{wandb_ / busy:.0%}")
+    if wandb_runs is not None:
+        lines.append(f"- W&B runs written: {wandb_runs}")
+    return lines
+
+
+def summary_markdown(spec: Sweep, trials: list[dict[str, Any]], figures: list[str],
+                     wandb_runs: int | None = None) -> str:
+    """Configurations ranked by the last epoch's metric (mean ± 95% CI over repeats), then per axis:
+    its levels compared at equal epochs (and at equal steps or samples where the axis changes them),
+    with a verdict on the shape and Holm-corrected pairwise tests."""
+    finals = final_values(spec, trials)
+    configs: dict[str, list[float]] = {}
     for t in trials:
-        v = _final(spec, t)
-        c = configs.setdefault(_label(spec, t["params"]), {"params": t["params"], "values": []})
-        if v is not None:
-            c["values"].append(v)
-    stats = {k: (*mean_ci(c["values"]), len(c["values"])) for k, c in configs.items()}
-    done = sum(1 for t in trials if _final(spec, t) is not None)
+        configs.setdefault(_label(spec, t["params"]), []).extend([finals[t["trial"]]] if t["trial"] in finals else [])
+    stats_ = {k: (*mean_ci(v), len(v)) for k, v in configs.items()}
     lines = [f"# Sweep {spec.name}", "", spec.description or "", "",
-             f"{len(trials)} trials ({done} completed all {spec.fixed['epochs']} epochs), {spec.repeats} repeats per "
-             f"configuration. Metric: final-epoch {spec.metric} ({spec.mode}); mean ± 95% confidence half-width "
-             "across repeats (Student t).", "", "| configuration | n | mean | sd | ±95% |", "|---|---:|---:|---:|---:|"]
-    order = sorted(stats, key=lambda k: (math.isnan(stats[k][0]), -stats[k][0] if spec.mode == "max" else stats[k][0]))
-    for k in order:
-        m, sd, h, n = stats[k]
+             (f"{len(trials)} trials ({len(finals)} completed all {spec.fixed['epochs']} epochs), {spec.repeats} "
+              f"repeats per configuration. Metric: {spec.metric} ({spec.mode}); mean ± 95% confidence half-width "
+              "across repeats (Student t)."), "", "## Configurations at the last epoch", "",
+             "| configuration | n | mean | sd | ±95% |", "|---|---:|---:|---:|---:|"]
+    ranked = sorted(stats_, key=lambda k: (math.isnan(stats_[k][0]), -stats_[k][0] if spec.mode == "max" else stats_[k][0]))
+    for k in ranked:
+        m, sd, h, n = stats_[k]
         lines.append(f"| {k} | {n} | {m:.4f} | {sd:.4f} | {h:.4f} |")
-    lines += ["", "## Differences against the seed-to-seed spread", "",
-              "Pairs of configurations that differ in one axis only. A difference counts as larger than the "
-              "seed-to-seed spread when |Δ| exceeds the 95% half-width of the difference of means "
-              "(Welch, t quantile of the smaller sample).", ""]
-    found = 0
-    keys = list(configs)
-    for i, a in enumerate(keys):
-        for b in keys[i + 1:]:
-            pa_, pb = configs[a]["params"], configs[b]["params"]
-            differ = [x for x in spec.axes if pa_.get(x) != pb.get(x)]
-            if len(differ) != 1:
-                continue
-            (ma, sa, _, na), (mb, sb, _, nb) = stats[a], stats[b]
-            if min(na, nb) < 2 or math.isnan(sa) or math.isnan(sb):
-                verdict = "not testable (fewer than 2 completed repeats)"
-            else:
-                half = _t95(min(na, nb)) * math.sqrt(sa**2 / na + sb**2 / nb)
-                larger = abs(ma - mb) > half
-                verdict = (f"**larger** than the spread (Δ = {ma - mb:+.4f}, ±{half:.4f})" if larger
-                           else f"within the spread (Δ = {ma - mb:+.4f}, ±{half:.4f})")
-            x = differ[0]
-            others = _label(spec, pa_, skip=(x,))
-            lines.append(f"- {x} {_fmt(pa_.get(x))} vs {_fmt(pb.get(x))}" + (f" at {others}" if others != spec.name else "")
-                         + f": {verdict}")
-            found += 1
-    if not found:
-        lines.append("- no pairs of configurations differing in a single axis")
-    lines += ["", "## Files", "", "- results.csv: one row per trial and epoch", *(f"- {f}" for f in figures), ""]
+    lines.append("")
+    for axis in spec.axes:
+        for title, values in _views(spec, trials, axis):
+            note = ""
+            if axis in ALIGN and title.startswith("equal") and not title.startswith("equal epochs"):
+                common = aligned_values(spec, trials, axis, ALIGN[axis])[1]
+                note = (f"Each trial's curve (validations at epoch ends and probes) is read at the most "
+                        f"{X_LABELS[ALIGN[axis]]} that every level reached: "
+                        + "; ".join(f"{', '.join(f'{a}={_fmt(v)}' for a, v in k) or 'all'}: {x:,}"
+                                    for k, x in sorted(common.items(), key=lambda kv: order(kv[0]))) + ".")
+            lines += _question(spec, trials, axis, title, values, note)
+    lines += ["## Run", "", *run_facts(trials, wandb_runs), "", "## Files", "", "- results.csv: one row per trial and validation (epoch ends; probes between them)",
+              *(f"- {f}" for f in figures), ""]
     return "\n".join(lines)
 
 
@@ -357,20 +444,23 @@ def write_report(location: str, out: str | Path | None = None, images: str | Pat
     writer.writerows(table)
     write_atomic(out / "results.csv", buf.getvalue())
     figures = []
-    first = [a for a in ("batch_size", "train_size") if a in spec.axes]
-    axes = ([*first, *(a for a in spec.axes if a not in first)][:3]) or [None]
-    for a in axes:
-        name = f"curves_by_{a}.png" if a else "curves.png"
-        _figure(out / name, spec, trials, a)
-        figures.append(name)
+    for axis in list(spec.axes)[:3]:
+        for x in ("epoch", *([ALIGN[axis]] if axis in ALIGN else [])):
+            name = f"curves_by_{axis}.png" if x == "epoch" else f"curves_by_{axis}_vs_{x}.png"
+            _curves_figure(out / name, spec, trials, axis, x)
+            figures.append(name)
+        _levels_figure(out / f"final_by_{axis}.png", spec, trials, axis)
+        figures.append(f"final_by_{axis}.png")
     fs, _ = filesystem(location)
     if _reconstructions(out / "reconstructions.png", spec, trials, stored["context"]["data"], fs):
         figures.append("reconstructions.png")
     if images is not None:
         figures += _rd_curves(out, spec, trials, fs, images, anchors, limit)
-    text = summary_markdown(spec, trials, figures)
+    runs = Path(location, "wandb", "wandb")
+    text = summary_markdown(spec, trials, figures,
+                            len(list(runs.glob("*run-*"))) if "://" not in location and runs.is_dir() else None)
     write_atomic(out / "summary.md", text)
     return {"out": str(out), "rows": len(table), "figures": figures}
 
 
-__all__ = ["collect", "status_table", "write_report", "mean_ci", "summary_markdown"]
+__all__ = ["collect", "status_table", "summary_markdown", "write_report"]

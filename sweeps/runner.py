@@ -45,8 +45,9 @@ OBJECT_STORE_BYTES = 200 * 1024 * 1024
 EXPERIMENT_STATE_PERIOD_S = "2"
 
 
-def prepare_data(spec: Sweep) -> str:
-    """Prepare (or reuse and verify) the sweep's data once, before any trial; return its location."""
+def prepare_data(spec: Sweep, accept_unverified: bool = False) -> str:
+    """Prepare (or reuse and verify) the sweep's data once, before any trial; return its location.
+    ``accept_unverified``: use CIFAR archives whose md5 sums differ from the official ones."""
     from rnncodec.data.preparation import prepare
     from rnncodec.data.reader import open_split
 
@@ -56,7 +57,8 @@ def prepare_data(spec: Sweep) -> str:
             open_split(d["location"], split, verify_sha256=True, cache_dir=d["cache_dir"]).close()
         return d["location"]
     folder = prepare(d["source"], root=d["root"], rotations=d["rotations"], size=d["size"], seed=d["seed"],
-                     cache_dir=d["cache_dir"], hard_patches=d["hard_patches"], val_fraction=d["val_fraction"])
+                     cache_dir=d["cache_dir"], hard_patches=d["hard_patches"], val_fraction=d["val_fraction"],
+                     accept_unverified=accept_unverified)
     return str(folder)
 
 
@@ -219,16 +221,21 @@ def _settings(spec: Sweep, location: str) -> dict[str, Any] | None:
 
 def run(spec_path: str | Path | Sweep, *, name: str | None = None, storage: str | None = None,
         address: str | None = None, num_cpus: int | None = None, say: Callable[[str], None] = print,
-        fail_after_epoch: int | None = None) -> dict[str, Any]:
+        fail_after_epoch: int | None = None, data_root: str | None = None,
+        accept_unverified: bool = False) -> dict[str, Any]:
     """Validate, prepare data, start/join Ray and run a new sweep; return its summary.
 
-    ``fail_after_epoch`` makes every trial crash once after that epoch, for tests of recovery.
+    ``data_root`` replaces the file's ``data.root`` (where the CIFAR archives are); ``accept_unverified``
+    uses archives whose md5 sums differ from the official ones. ``fail_after_epoch`` makes every trial
+    crash once after that epoch, for tests of recovery.
     """
     spec = spec_path if isinstance(spec_path, Sweep) else load_spec(spec_path)
-    if name is not None or storage is not None:
+    if name is not None or storage is not None or data_root is not None:
         raw = spec.to_dict()
         raw["name"] = name or raw["name"]
         raw["storage"] = storage or raw["storage"]
+        if data_root is not None:
+            raw["data"]["root"] = data_root
         spec = Sweep.from_dict(raw)
     address = _cluster_address(address)
     location = child(spec.storage, spec.name)
@@ -242,7 +249,7 @@ def run(spec_path: str | Path | Sweep, *, name: str | None = None, storage: str 
         check_resources(spec, float(num_cpus or os.cpu_count() or 1), float(_local_gpus()))
     wandb = _settings(spec, location)
     say(f"preparing data ({spec.data['source'] or spec.data['location']}) …")
-    data = prepare_data(spec)
+    data = prepare_data(spec, accept_unverified)
     if not isinstance(fs, pafs.LocalFileSystem) and not is_uri(data):
         say(f"copying the prepared data to {child(location, DATA_FOLDER)}, from where every node reads it …")
         data = publish(data, child(location, DATA_FOLDER))

@@ -120,6 +120,8 @@ TRAIN: dict[str, tuple[Any, Callable[[str, Any], Any], str]] = {
     "batch_size": (32, _int(1, 1 << 20), "images per step"),
     "train_size": (None, _int(1, none=True), "training images used (a fixed nested subset); null = all"),
     "val_size": (256, _int(1, 1 << 20), "validation images evaluated every epoch"),
+    "val_probes": (0, _int(0, 16), ("extra validations per doubling of the step count (from step 8) within "
+                                    "epochs, for curves at equal steps; 0 = at epoch ends only")),
     "amp": (False, _bool, "bfloat16 autocast (GPUs, CPUs with native bf16)"),
     "grad_clip": (None, _float(0, open_lo=True, none=True), "gradient norm clip; null = none"),
     "deterministic": (False, _bool, "deterministic kernels: GPU trials reproduce bit for bit (slower); "
@@ -315,15 +317,21 @@ class Sweep:
         return params
 
 
+def _identity(params: dict[str, Any], repeat: int) -> bytes:
+    """What names a trial: its parameters and repeat index, without ``val_probes`` at its default 0 (a
+    later addition: sweeps started before it keep their trial keys and seeds)."""
+    named = {k: v for k, v in params.items() if not (k == "val_probes" and v == 0)}
+    return json.dumps([named, int(repeat)], sort_keys=True).encode()
+
+
 def trial_seed(params: dict[str, Any], repeat: int) -> int:
     """The seed of a trial: a hash of its training parameters and repeat index (not of Ray's ids)."""
-    digest = hashlib.sha256(json.dumps([params, int(repeat)], sort_keys=True).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+    return int.from_bytes(hashlib.sha256(_identity(params, repeat)).digest()[:4], "little") & 0x7FFFFFFF
 
 
 def trial_key(params: dict[str, Any], repeat: int) -> str:
     """A short stable name of a trial (configuration + repeat), e.g. for W&B run ids."""
-    return hashlib.sha256(json.dumps([params, int(repeat)], sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha256(_identity(params, repeat)).hexdigest()[:12]
 
 
 def _search(value: Any) -> dict[str, Any]:

@@ -17,12 +17,16 @@ again are logged after the ones W&B already holds instead of being rejected, and
 its ``epoch``, the x-axis of the trial's charts.
 
 Every epoch also records where and when it ran: the Ray node (``node_id``, ``node_ip``), the device and
-``CUDA_VISIBLE_DEVICES``, the Unix times of the attempt's first step and of the epoch's end.
+``CUDA_VISIBLE_DEVICES``, the Unix times of the attempt's first step and of the epoch's end. With
+``val_probes`` > 0 the epoch's history entry also holds ``probes``: validations at log-spaced steps
+inside the epoch (kept in the checkpoint for the report's curves against steps; Tune and W&B get the
+epoch's numbers only).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -147,6 +151,16 @@ def _save(folder: Path, state: dict[str, Any]) -> None:
     (folder / META_FILE).write_text(json.dumps(meta, default=float))
 
 
+def probe_steps(per_octave: int, after: int, before: int) -> list[int]:
+    """The steps in (after, before) where ``val_probes`` validates: ``per_octave`` per doubling of the
+    step count, log-spaced from step 8, so that batch sizes can be compared at equal steps."""
+    if per_octave < 1:
+        return []
+    first = math.ceil(per_octave * math.log2(max(after + 1, 8)) - 1e-9)
+    steps = (round(2 ** (k / per_octave)) for k in range(first, math.ceil(per_octave * math.log2(max(before, 2)))))
+    return sorted({s for s in steps if after < s < before})
+
+
 def _numbers(metrics: dict[str, Any]) -> dict[str, Any]:
     """The numeric entries of ``metrics`` (what W&B charts; the node and device are text)."""
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -241,7 +255,12 @@ def run_trial(
     try:
         for epoch in range(started_at + 1, epochs + 1):
             epoch_start = time.perf_counter()
-            losses = trainer.run(batches, steps_per_epoch)
+            losses, probes, end = [], [], trainer.steps + steps_per_epoch
+            for step in probe_steps(params["val_probes"], trainer.steps, end):
+                losses += trainer.run(batches, step - trainer.steps)
+                probes.append({"steps": step, "samples_seen": trainer.samples_seen, "train_time": trainer.train_time,
+                               **quality_metrics("val", trainer.evaluate(val_pixels))})
+            losses += trainer.run(batches, end - trainer.steps)
             train_q = trainer.evaluate(train_pixels)
             val_q = trainer.evaluate(val_pixels, keep=len(shown))
             now = time.perf_counter()
@@ -258,7 +277,8 @@ def run_trial(
                 "first_step_at": first_step_at, "epoch_end_at": time.time(), "device": device.type, **(where or {}),
                 **quality_metrics("train", train_q), **quality_metrics("val", val_q),
             }
-            history.append({k: v for k, v in metrics.items() if k != "trial_key"})
+            history.append({k: v for k, v in metrics.items() if k != "trial_key"}
+                           | ({"probes": probes} if probes else {}))
             saved = {
                 "format": TRIAL_FORMAT, "version": TRIAL_VERSION, "trial_key": key, "params": params,
                 "repeat": repeat, "seed": seed, "history": history, "epoch": epoch, "report": reports,

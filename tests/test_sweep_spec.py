@@ -36,6 +36,14 @@ def test_shipped_sweep_files_load():
     assert paper.data["source"] == "cifar" and paper.data["rotations"] == 4
     assert paper.trial_count() == 15 * paper.repeats
 
+    study = load_spec(SWEEPS / "study.yaml")  # the scaled study: the same design, nested 1:2:4 sets
+    assert study.axes["batch_size"].values == paper.axes["batch_size"].values
+    sizes = study.axes["train_size"].values
+    assert sizes[1] == 2 * sizes[0] and sizes[2] == 4 * sizes[0] and study.data["size"] == sizes[2]
+    assert {k: study.fixed[k] for k in ("iterations", "loss", "optimizer", "activation")} == \
+        {k: paper.fixed[k] for k in ("iterations", "loss", "optimizer", "activation")}
+    assert study.repeats >= 3 and study.fixed["val_probes"] > 0 and study.resources["cpus"] == 1
+
     iters = load_spec(SWEEPS / "iterations.yaml")
     assert iters.axes["iterations"].values == (1, 2, 4, 8, 16)
     assert set(iters.axes["cell"].values) == {"lstm", "gru"}
@@ -66,6 +74,9 @@ def test_seed_derives_from_configuration_and_repeat():
     assert trial_seed(p, 0) == trial_seed(dict(reversed(p.items())), 0)
     assert trial_seed(p, 0) != trial_seed(p, 1) != trial_seed({**p, "batch_size": 16}, 1)
     assert trial_key(p, 0) == trial_key(p, 0) and len(trial_key(p, 0)) == 12
+    # val_probes (added later) at its default 0 leaves the keys and seeds of older sweeps as they were
+    assert trial_key({**p, "val_probes": 0}, 0) == trial_key(p, 0) != trial_key({**p, "val_probes": 2}, 0)
+    assert trial_seed({**p, "val_probes": 0}, 0) == trial_seed(p, 0)
 
 
 @pytest.mark.parametrize(

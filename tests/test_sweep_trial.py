@@ -9,6 +9,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from rnncodec import data
+from rnncodec.sweeps import trainable
 from rnncodec.sweeps.spec import parse_spec, trial_key
 from rnncodec.sweeps.storage import checkpoints
 from rnncodec.sweeps.trainable import InjectedFailure, quality_metrics, run_trial
@@ -74,6 +75,23 @@ def test_resume_after_a_failure_continues_exactly(tmp_path, prepared, params):
     for a, b in zip(straight.metrics, broken.metrics):
         assert {k: a[k] for k in NUMBERS} == {k: b[k] for k in NUMBERS}
     assert checkpoints(LOCAL, str(broken.path))[0][0] == 3
+
+
+def test_probes_validate_between_epochs_without_changing_training(tmp_path, prepared, params, monkeypatch):
+    monkeypatch.setattr(trainable, "trial_seed", lambda params, repeat: 1234)  # else the seed differs with val_probes
+    plain = Folder(tmp_path / "plain")
+    plain.run({**params, "steps_per_epoch": 6}, data=prepared)
+    probed = Folder(tmp_path / "probed")
+    with pytest.raises(InjectedFailure):
+        probed.run({**params, "steps_per_epoch": 6, "val_probes": 2}, data=prepared, fail_after_epoch=1)
+    probed.run({**params, "steps_per_epoch": 6, "val_probes": 2}, data=prepared, fail_after_epoch=1)
+    for a, b in zip(plain.metrics, probed.metrics):
+        assert {k: a[k] for k in NUMBERS} == {k: b[k] for k in NUMBERS}
+    history = checkpoints(LOCAL, str(probed.path))[0][2]["history"]
+    # steps 8, 11 and 16 (two per doubling from 8) fall inside epochs 2 and 3 of 6 steps each
+    assert [[p["steps"] for p in h.get("probes", [])] for h in history] == [[], [8, 11], [16]]
+    assert all(0 < p["val/ms_ssim"] <= 1 and p["samples_seen"] == 8 * p["steps"] for h in history for p in h.get("probes", []))
+    assert all("probes" not in m for m in probed.metrics)  # Tune and W&B get the epoch's numbers only
 
 
 def test_unreadable_checkpoint_falls_back_to_the_previous_then_restarts(tmp_path, prepared, params):
