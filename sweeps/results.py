@@ -166,8 +166,12 @@ def _curves_figure(path: Path, spec: Sweep, trials: list[dict[str, Any]], axis: 
 
     panels = _panels(spec, trials, axis)
     levels = _levels(trials, axis)
-    fig = Figure(figsize=(4.2 * len(panels) + 0.6, 3.6))
-    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    cols = min(3, len(panels))
+    rows_ = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(4.2 * cols + 0.6, 3.3 * rows_ + 0.3))
+    axes = fig.subplots(rows_, cols, squeeze=False, sharey=True).ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     for ax, (title, group) in zip(axes, panels.items()):
         for level, colour in zip(levels, _colours(len(levels))):
             series: dict[float, list[float]] = {}
