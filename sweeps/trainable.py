@@ -20,7 +20,7 @@ Every epoch also records where and when it ran: the Ray node (``node_id``, ``nod
 ``CUDA_VISIBLE_DEVICES``, the Unix times of the attempt's first step and of the epoch's end. With
 ``val_probes`` > 0 the epoch's history entry also holds ``probes``: validations at log-spaced steps
 inside the epoch (kept in the checkpoint for the report's curves against steps; Tune and W&B get the
-epoch's numbers only).
+epoch's numbers only, and W&B the whole curve as the table ``val/by_steps`` after the last epoch).
 """
 
 from __future__ import annotations
@@ -302,6 +302,10 @@ def run_trial(
                 rows = [[k + 1, BPP_PER_ITERATION * (k + 1), val_q["psnr"][k], val_q["ms_ssim"][k]]
                         for k in range(iterations)]
                 logger.table("val/rate_distortion", ["iterations", "bpp", "psnr", "ms_ssim"], rows, reports)
+                if params["val_probes"]:
+                    curve = [[p["steps"], p["samples_seen"], p["val/ms_ssim"], p["val/psnr"]]
+                             for h in history for p in [*h.get("probes", []), h]]
+                    logger.table("val/by_steps", ["steps", "samples_seen", "ms_ssim", "psnr"], curve, reports)
             wandb_time += time.perf_counter() - t_log
             if state is None and fail_after_epoch == epoch and epoch < epochs:
                 raise InjectedFailure(f"injected failure after epoch {epoch}")

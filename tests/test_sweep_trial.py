@@ -171,6 +171,17 @@ def wandb_history(path: Path) -> list[dict]:
     return rows
 
 
+def test_wandb_gets_the_probed_curve_as_a_table_after_the_last_epoch(tmp_path, prepared, params, wandb_offline):
+    trial = Folder(tmp_path / "trial")
+    trial.run({**params, "steps_per_epoch": 6, "val_probes": 2}, data=prepared, wandb_settings=wandb_offline,
+              run_id="probed")
+    [run] = (tmp_path / "wb" / "wandb").glob("offline-run-*")
+    rows = wandb_history(run / "run-probed.wandb")
+    tables = [r for r in rows if "val/by_steps/nrows" in r]
+    assert len(tables) == 1 and tables[0]["step"] == rows[-1]["step"]
+    assert tables[0]["val/by_steps/nrows"] == 6  # epoch ends at 6, 12, 18 and probes at 8, 11, 16
+
+
 @pytest.fixture
 def wandb_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
