@@ -19,6 +19,7 @@ from typing import Any
 from scipy import stats
 
 from rnncodec.sweeps.spec import Sweep
+from rnncodec.sweeps.storage import validations
 
 ALPHA = 0.05
 # The quantity that is equal across the levels of an axis when they are compared "at equal X": batch
@@ -62,10 +63,9 @@ def holm(pvalues: list[float]) -> list[float]:
 def curve(trial: dict[str, Any], metric: str) -> list[tuple[int, int, float]]:
     """(steps, samples seen, value) of every validation of a trial: probes and epoch ends, by steps."""
     points = {}
-    for h in trial["history"]:
-        for p in [*h.get("probes", []), h]:
-            if isinstance(p, dict) and isinstance(p.get(metric), (int, float)) and isinstance(p.get("steps"), int):
-                points[p["steps"]] = (p["steps"], int(p.get("samples_seen", 0)), float(p[metric]))
+    for p in validations(trial["history"]):
+        if isinstance(p, dict) and isinstance(p.get(metric), (int, float)) and isinstance(p.get("steps"), int):
+            points[p["steps"]] = (p["steps"], int(p.get("samples_seen", 0)), float(p[metric]))
     return [points[s] for s in sorted(points)]
 
 

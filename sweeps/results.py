@@ -38,6 +38,7 @@ from rnncodec.sweeps.storage import (
     read_json,
     read_state,
     read_sweep_file,
+    validations,
 )
 
 
@@ -120,14 +121,15 @@ def rows(spec: Sweep, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     metric."""
     out = []
     for t in trials:
-        for h in t["history"]:
-            for p in [*h.get("probes", []), h]:
-                row = {"trial": t["trial"], "status": t["status"], "repeat": t["repeat"],
-                       **{a: t["params"].get(a) for a in spec.axes}, "probe": int(p is not h)}
-                row.update({k: v for k, v in p.items() if k not in row and k != "probes"})
-                if p is not h:  # its fractional epoch: every epoch has the same number of steps
-                    row["epoch"] = round(p["steps"] * h["epoch"] / h["steps"], 4)
-                out.append(row)
+        last = t["history"][-1] if t["history"] else {}
+        steps_per_epoch = last.get("steps", 1) / max(last.get("epoch", 1), 1)
+        for v in validations(t["history"]):
+            row = {"trial": t["trial"], "status": t["status"], "repeat": t["repeat"],
+                   **{a: t["params"].get(a) for a in spec.axes}, "probe": int("epoch" not in v)}
+            row.update({k: x for k, x in v.items() if k not in row and k != "probes"})
+            if row["probe"]:  # its fractional epoch: every epoch has the same number of steps
+                row["epoch"] = round(v["steps"] / steps_per_epoch, 4)
+            out.append(row)
     return out
 
 
@@ -205,12 +207,18 @@ def _curves_figure(path: Path, spec: Sweep, trials: list[dict[str, Any]], axis: 
     _save_figure(path, fig)
 
 
-def _views(spec: Sweep, trials: list[dict[str, Any]], axis: str) -> list[tuple[str, dict[str, float]]]:
-    """(title, trial → value) of each comparison along ``axis``: at the last epoch, and where the axis
-    changes the steps or samples of an epoch, at equal steps or samples."""
-    views = [(f"equal epochs ({spec.fixed['epochs']})", final_values(spec, trials))]
+def _views(spec: Sweep, trials: list[dict[str, Any]], axis: str) -> list[tuple[str, dict[str, float], str]]:
+    """(title, trial → value, how the values were read) of each comparison along ``axis``: at the last
+    epoch, and where the axis changes the steps or samples of an epoch, at equal steps or samples."""
+    views = [(f"equal epochs ({spec.fixed['epochs']})", final_values(spec, trials), "")]
     if axis in ALIGN:
-        views.append((f"equal {X_LABELS[ALIGN[axis]]}", aligned_values(spec, trials, axis, ALIGN[axis])[0]))
+        key = ALIGN[axis]
+        values, common = aligned_values(spec, trials, axis, key)
+        note = (f"Each trial's curve (validations at epoch ends and probes) is read at the most {X_LABELS[key]} "
+                "that every level reached: "
+                + "; ".join(f"{', '.join(f'{a}={_fmt(v)}' for a, v in k) or 'all'}: {x:,}"
+                            for k, x in sorted(common.items(), key=lambda kv: order(kv[0]))) + ".")
+        views.append((f"equal {X_LABELS[key]}", values, note))
     return views
 
 
@@ -223,7 +231,7 @@ def _levels_figure(path: Path, spec: Sweep, trials: list[dict[str, Any]], axis: 
     fig = Figure(figsize=(4.6 * len(views) + 0.6, 3.6))
     panels = fig.subplots(1, len(views), squeeze=False)[0]
     numeric = all(isinstance(v, (int, float)) and v > 0 for v in _levels(trials, axis))
-    for ax, (title, values) in zip(panels, views):
+    for ax, (title, values, _) in zip(panels, views):
         shapes = along(spec, trials, values, axis)
         for s, colour in zip(shapes, _colours(len(shapes))):
             xs = [lv[0] if numeric else str(lv[0]) for lv in s["levels"]]
@@ -411,16 +419,10 @@ def summary_markdown(spec: Sweep, trials: list[dict[str, Any]], figures: list[st
         lines.append(f"| {k} | {n} | {m:.4f} | {sd:.4f} | {h:.4f} |")
     lines.append("")
     for axis in spec.axes:
-        for title, values in _views(spec, trials, axis):
-            note = ""
-            if axis in ALIGN and title.startswith("equal") and not title.startswith("equal epochs"):
-                common = aligned_values(spec, trials, axis, ALIGN[axis])[1]
-                note = (f"Each trial's curve (validations at epoch ends and probes) is read at the most "
-                        f"{X_LABELS[ALIGN[axis]]} that every level reached: "
-                        + "; ".join(f"{', '.join(f'{a}={_fmt(v)}' for a, v in k) or 'all'}: {x:,}"
-                                    for k, x in sorted(common.items(), key=lambda kv: order(kv[0]))) + ".")
+        for title, values, note in _views(spec, trials, axis):
             lines += _question(spec, trials, axis, title, values, note)
-    lines += ["## Run", "", *run_facts(trials, wandb_runs), "", "## Files", "", "- results.csv: one row per trial and validation (epoch ends; probes between them)",
+    lines += ["## Run", "", *run_facts(trials, wandb_runs), "", "## Files", "",
+              "- results.csv: one row per trial and validation (epoch ends; probes between them)",
               *(f"- {f}" for f in figures), ""]
     return "\n".join(lines)
 

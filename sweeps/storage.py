@@ -114,6 +114,12 @@ def write_sweep_file(location: str, content: dict[str, Any]) -> None:
     write_bytes(fs, f"{path}/{SWEEP_FILE}", json.dumps(content, indent=2, sort_keys=True).encode())
 
 
+def validations(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every validation of a trial's history, in order: each epoch's ``probes`` (``val_probes``), then
+    the epoch end itself."""
+    return [v for h in history for v in [*h.get("probes", []), h]]
+
+
 def checkpoint_index(folder: str) -> int:
     """The number in ``checkpoint_000012`` (Tune counts its checkpoints of a trial from 0), or -1."""
     m = _CHECKPOINT.fullmatch(folder.rstrip("/").rsplit("/", 1)[-1])

@@ -59,6 +59,7 @@ from rnncodec.sweeps.storage import (
     checkpoints,
     filesystem,
     read_state,
+    validations,
 )
 from rnncodec.sweeps.wandb_logging import TrialLogger
 
@@ -303,8 +304,7 @@ def run_trial(
                         for k in range(iterations)]
                 logger.table("val/rate_distortion", ["iterations", "bpp", "psnr", "ms_ssim"], rows, reports)
                 if params["val_probes"]:
-                    curve = [[p["steps"], p["samples_seen"], p["val/ms_ssim"], p["val/psnr"]]
-                             for h in history for p in [*h.get("probes", []), h]]
+                    curve = [[v["steps"], v["samples_seen"], v["val/ms_ssim"], v["val/psnr"]] for v in validations(history)]
                     logger.table("val/by_steps", ["steps", "samples_seen", "ms_ssim", "psnr"], curve, reports)
             wandb_time += time.perf_counter() - t_log
             if state is None and fail_after_epoch == epoch and epoch < epochs:
