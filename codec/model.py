@@ -123,15 +123,18 @@ class CodecConfig:
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` that computes small outputs (at most 4×4 positions) on the CPU as one matrix
-    product over unfolded patches. On 32×32 patches the deep layers have 2×2 and 4×4 maps with
-    512–2048 channels, where oneDNN's backward pass ran 3–5× slower than the matrix product's
-    (``benchmarks/train_throughput.py``); larger maps and GPUs keep the library convolution."""
+    """``nn.Conv2d`` that computes small outputs (at most 4×4 positions) of wide layers (at least 2,048
+    inputs per output: C·kh·kw) on the CPU as one matrix product over unfolded patches. On 32×32 patches
+    the paper-size model's deep 3×3 layers have 2×2 and 4×4 maps, where oneDNN's backward pass ran 1.4–3.4×
+    slower than the matrix product's; on narrower layers (width 0.25, or 1×1) the library was as fast or
+    up to 1.4× faster (per layer, forward and backward, batch 32, 1 and 2 threads). Larger maps and GPUs
+    keep the library convolution."""
 
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         ho, wo = (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
-        if x.is_cuda or ho * wo > 16 or self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros":
+        if (x.is_cuda or ho * wo > 16 or self.in_channels * kh * kw < 2048 or self.groups != 1
+                or self.dilation != (1, 1) or self.padding_mode != "zeros"):
             return super()._conv_forward(x, weight, bias)
         cols = F.unfold(x, (kh, kw), padding=(ph, pw), stride=(sh, sw))  # N × C·kh·kw × ho·wo
         out = cols.transpose(1, 2).reshape(-1, cols.shape[1]) @ weight.reshape(weight.shape[0], -1).t()

@@ -154,11 +154,16 @@ def test_bf16_autocast_runs_where_the_cpu_has_it_and_still_learns():
     assert all(map(math.isfinite, curves[True])) and bf16 < 0.8 * curves[True][0] and bf16 < 1.15 * fp32, (fp32, bf16, curves[True][0])
 
 
-@pytest.mark.parametrize("cin,cout,k,stride,side,bias", [
-    (16, 64, 3, 2, 4, True), (16, 64, 3, 1, 2, False), (8, 32, 1, 1, 4, True), (8, 16, 3, 2, 8, True),
-    (4, 8, 3, 1, 3, True), (4, 8, 3, 1, 16, False),  # odd side; a large map (library path)
+@pytest.mark.parametrize("cin,cout,k,stride,side,bias,product", [
+    (256, 64, 3, 2, 4, True, True), (256, 32, 3, 1, 2, False, True), (2048, 16, 1, 1, 4, True, True),
+    (256, 16, 3, 2, 8, True, True), (256, 8, 3, 1, 3, True, True),  # odd side
+    (16, 64, 3, 1, 2, True, False), (4, 8, 3, 1, 16, False, False),  # narrow layer; large map
 ])
-def test_small_map_convolution_matches_the_library_forward_and_backward(cin, cout, k, stride, side, bias):
+def test_small_map_convolution_matches_the_library_forward_and_backward(cin, cout, k, stride, side, bias, product,
+                                                                         monkeypatch):
+    library = []
+    monkeypatch.setattr(torch.nn.Conv2d, "_conv_forward",
+                        lambda self, *a, f=torch.nn.Conv2d._conv_forward: library.append(self) or f(self, *a))
     torch.manual_seed(0)
     ours = Conv2d(cin, cout, k, stride, k // 2, bias=bias).double()
     ref = torch.nn.Conv2d(cin, cout, k, stride, k // 2, bias=bias).double()
@@ -166,6 +171,7 @@ def test_small_map_convolution_matches_the_library_forward_and_backward(cin, cou
     x = torch.randn(5, cin, side, side, dtype=torch.float64, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_()
     y, y_ref = ours(x), ref(x_ref)
+    assert (ours not in library) == product  # the matrix product only for small maps of wide layers
     assert y.shape == y_ref.shape
     torch.testing.assert_close(y, y_ref)
     g = torch.randn_like(y)
