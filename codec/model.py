@@ -26,6 +26,7 @@ from rnncodec.codec.options import (
     CELLS,
     MAX_BITS,
     MAX_CHANNELS,
+    MAX_GAIN_GROWTH,
     MAX_ITERATIONS,
     MAX_KERNEL,
     MAX_WIDTH,
@@ -39,15 +40,17 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+_ADDED = {"gain_growth": 1.0}
 _SEQUENCES = {"encoder_channels": 4, "encoder_hidden_kernels": 3, "decoder_channels": 4, "decoder_hidden_kernels": 4}
 _TYPES = {
     "cell": lambda v: isinstance(v, str), "mode": lambda v: isinstance(v, str),
     "activation": lambda v: isinstance(v, str), "bias": lambda v: isinstance(v, bool),
     "width": lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v),
+    "gain_growth": lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v),
     "bits": _is_int, "kernel_size": _is_int, "decoder_input_channels": _is_int, "gain_channels": _is_int,
 }
 _TYPE_NAMES = {"cell": "text", "mode": "text", "activation": "text", "bias": "true or false",
-               "width": "a finite number", "bits": "an integer", "kernel_size": "an integer",
+               "width": "a finite number", "gain_growth": "a finite number", "bits": "an integer", "kernel_size": "an integer",
                "decoder_input_channels": "an integer", "gain_channels": "an integer"}
 
 
@@ -66,6 +69,7 @@ class CodecConfig:
     decoder_channels: tuple[int, ...] = (512, 512, 256, 128)  # D-RNN 1..4
     decoder_hidden_kernels: tuple[int, ...] = (1, 1, 3, 3)
     gain_channels: int = 32  # residual scaling only
+    gain_growth: float = 1.0  # fixed residual scaling: iteration t gains gain_growth ** (t - 1)
     activation: str = "none"  # after E-Conv and D-Conv 1
     bias: bool = True
 
@@ -93,6 +97,10 @@ class CodecConfig:
             problems.append(f"activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
         if not 0 < self.width <= MAX_WIDTH:
             problems.append(f"width {self.width} is outside (0, {MAX_WIDTH:g}]")
+        if not 1 <= self.gain_growth <= MAX_GAIN_GROWTH:
+            problems.append(f"gain_growth {self.gain_growth} is outside [1, {MAX_GAIN_GROWTH:g}]")
+        elif self.gain_growth != 1 and self.mode == "one-shot":
+            problems.append("gain_growth needs a mode that adds residuals (additive or residual-scaling), not one-shot")
         if not 1 <= self.bits <= MAX_BITS:
             problems.append(f"bits {self.bits} is outside 1..{MAX_BITS}")
         kernels = (self.kernel_size, *self.encoder_hidden_kernels, *self.decoder_hidden_kernels)
@@ -109,7 +117,10 @@ class CodecConfig:
         return max(4, 4 * round(n * self.width / 4))
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """The settings; those added after the first release only where they differ from their default,
+        so that older models keep their ``checkpoint.model_id`` (it hashes this)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if not (k in _ADDED and v == _ADDED[k])}
 
     @classmethod
     def from_dict(cls, d: Any) -> CodecConfig:
@@ -288,6 +299,8 @@ class RNNCodec(nn.Module):
     r₀ = x;  bₜ = B(E(rₜ₋₁));  rₜ = x − x̂ₜ, with x̂ₜ by mode:
     one-shot x̂ₜ = D(bₜ) / 2; additive x̂ₜ = x̂ₜ₋₁ + D(bₜ); residual scaling
     x̂ₜ = x̂ₜ₋₁ + D(bₜ) / gₜ₋₁ where the encoder sees rₜ₋₁ · gₜ₋₁ and gₜ = G(x̂ₜ), g₀ = 1.
+    ``gain_growth`` γ > 1 multiplies gₜ by γᵗ (in additive mode gₜ = γᵗ): a fixed gain, known to both
+    sides, so the RNNs need not count iterations to know how small the residual has become.
     """
 
     def __init__(self, config: CodecConfig | None = None):
@@ -303,7 +316,7 @@ class RNNCodec(nn.Module):
 
     def initial_state(self) -> dict[str, Any]:
         """The decoder's state before the first iteration (shared by training and decompress)."""
-        return {"rnn": [None] * len(self.decoder.rnns), "x_hat": None, "gain": None}
+        return {"rnn": [None] * len(self.decoder.rnns), "x_hat": None, "gain": None, "iterations": 0}
 
     def decode_step(self, b: Tensor, state: dict[str, Any]) -> Tensor:
         """One decoder iteration: codes bₜ → reconstruction x̂ₜ; updates ``state`` in place."""
@@ -315,9 +328,12 @@ class RNNCodec(nn.Module):
             if gain is not None:
                 out = out / gain
             x_hat = out if x_hat is None else x_hat + out
-        if self.gain is not None:
-            state["gain"] = self.gain(x_hat)
-        state["x_hat"] = x_hat
+        gain = self.gain(x_hat) if self.gain is not None else None
+        state["iterations"] += 1
+        growth = self.config.gain_growth ** state["iterations"]
+        if growth != 1:
+            gain = growth if gain is None else gain * growth
+        state["gain"], state["x_hat"] = gain, x_hat
         return x_hat
 
     def forward(self, x: Tensor, iterations: int) -> dict[str, list[Tensor]]:

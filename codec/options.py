@@ -4,7 +4,7 @@ and the command line read them before anything heavy is loaded)."""
 CELLS = ("lstm", "gru")
 MODES = ("one-shot", "additive", "residual-scaling")
 ACTIVATIONS = ("none", "leaky-relu")
-LOSSES = ("l1", "mse", "ms-ssim")
+LOSSES = ("l1", "mse", "psnr", "ms-ssim")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("none", "cosine", "step")
 
@@ -16,3 +16,4 @@ MAX_WIDTH = 8.0  # channel multiplier
 MAX_CHANNELS = 8192  # any layer, after the width multiplier
 MAX_KERNEL = 7  # convolution kernel sides (the paper uses 1 and 3)
 MAX_BITS = 1024
+MAX_GAIN_GROWTH = 2.0  # fixed residual scaling per iteration (gain 2¹⁵ at iteration 16)

@@ -87,7 +87,8 @@ def _train(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     device = _device(args.device)
     stream = PatchStream(args.data, args.batch_size, args.seed)
-    model = RNNCodec(CodecConfig(cell=args.cell, mode=args.mode, width=args.width, activation=args.activation))
+    model = RNNCodec(CodecConfig(cell=args.cell, mode=args.mode, width=args.width, activation=args.activation,
+                                 gain_growth=args.gain_growth))
     fresh = warm_start(model, args.init) if args.init else []
     trainer = Trainer(model.to(device), TrainConfig(
         iterations=args.iterations, loss=args.loss, optimizer=args.optimizer, lr=args.lr,
@@ -169,6 +170,9 @@ def _add_codec_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-clip", type=positive(float), default=None, metavar="NORM", help="clip the gradient norm")
     p.add_argument("--activation", choices=ACTIVATIONS, default="none",
                    help="non-linearity after E-Conv and D-Conv 1 (default: none, as the paper)")
+    p.add_argument("--gain-growth", type=float, default=1.0, metavar="G",
+                   help="fixed residual scaling: the encoder sees the residual times G**(t-1) at iteration t and "
+                   "the decoder's output is divided by it (1..2; default: 1, off)")
     p.add_argument("--save-every", type=positive(int), default=500, metavar="STEPS",
                    help="also write the checkpoint every STEPS steps (default: 500)")
     p.add_argument("--init", type=Path, metavar="CKPT",

@@ -25,7 +25,16 @@ from typing import Any
 
 import yaml
 
-from rnncodec.codec.options import ACTIVATIONS, CELLS, LOSSES, LR_SCHEDULES, MAX_ITERATIONS, MODES, OPTIMIZERS
+from rnncodec.codec.options import (
+    ACTIVATIONS,
+    CELLS,
+    LOSSES,
+    LR_SCHEDULES,
+    MAX_GAIN_GROWTH,
+    MAX_ITERATIONS,
+    MODES,
+    OPTIMIZERS,
+)
 from rnncodec.data.errors import DataError, RnncodecError, shown
 from rnncodec.data.sources import SOURCES, check_source
 
@@ -117,6 +126,8 @@ TRAIN: dict[str, tuple[Any, Callable[[str, Any], Any], str]] = {
     "reconstruction": ("additive", _choice(MODES), "reconstruction mode"),
     "width": (0.25, _float(0, 8, open_lo=True), "channel multiplier; 1 is the paper's model"),
     "activation": ("none", _choice(ACTIVATIONS), "non-linearity after E-Conv and D-Conv 1"),
+    "gain_growth": (1.0, _float(1, MAX_GAIN_GROWTH), "fixed residual scaling: iteration t's residual gain is "
+                    "gain_growth^(t-1); 1 = off"),
     "batch_size": (32, _int(1, 1 << 20), "images per step"),
     "train_size": (None, _int(1, none=True), "training images used (a fixed nested subset); null = all"),
     "val_size": (256, _int(1, 1 << 20), "validation images evaluated every epoch"),
@@ -317,10 +328,14 @@ class Sweep:
         return params
 
 
+# Parameters added after sweeps had run: left out of a trial's identity at these defaults, so that
+# sweeps started before them keep their trial keys and seeds (and resume).
+_ADDED = {"val_probes": 0, "gain_growth": 1.0}
+
+
 def _identity(params: dict[str, Any], repeat: int) -> bytes:
-    """What names a trial: its parameters and repeat index, without ``val_probes`` at its default 0 (a
-    later addition: sweeps started before it keep their trial keys and seeds)."""
-    named = {k: v for k, v in params.items() if not (k == "val_probes" and v == 0)}
+    """What names a trial: its parameters and repeat index, without later additions at their defaults."""
+    named = {k: v for k, v in params.items() if not (k in _ADDED and v == _ADDED[k])}
     return json.dumps([named, int(repeat)], sort_keys=True).encode()
 
 
@@ -413,6 +428,10 @@ def parse_spec(raw: Any, origin: str = "sweep file") -> Sweep:
     if needed and int(needed) > fewest:
         raise SweepError(f"metric: {metric} needs iteration {needed} but trials with iterations={fewest} report only "
                          f"_i1.._i{fewest}; rank by an iteration every trial runs, or drop the smaller counts")
+    modes = axes["reconstruction"].values if "reconstruction" in axes else [fixed["reconstruction"]]
+    if "one-shot" in modes and ("gain_growth" in axes or fixed["gain_growth"] != 1):
+        raise SweepError("gain_growth: one-shot reconstruction has no residuals to scale; "
+                         "leave gain_growth at 1 or drop one-shot from reconstruction")
     mode = _choice(("max", "min"))("mode", raw.get("mode", "min" if "loss" in metric or "residual" in metric else "max"))
     search = _search(raw.get("search"))
     if search["type"] == "grid":

@@ -221,7 +221,7 @@ def run_trial(
 
     torch.manual_seed(seed)
     model = RNNCodec(CodecConfig(cell=params["cell"], mode=params["reconstruction"], width=params["width"],
-                                 activation=params["activation"])).to(device)
+                                 activation=params["activation"], gain_growth=params["gain_growth"])).to(device)
     trainer = Trainer(model, train_config(params, epochs * steps_per_epoch))
 
     state, restored_from, reports = latest_state(list(places), key, warn)

@@ -29,9 +29,9 @@ from rnncodec.data.images import load_image
 MODES = ("one-shot", "additive", "residual-scaling")
 
 
-def _model(mode: str = "additive", cell: str = "lstm", seed: int = 0) -> RNNCodec:
+def _model(mode: str = "additive", cell: str = "lstm", seed: int = 0, gain_growth: float = 1.0) -> RNNCodec:
     torch.manual_seed(seed)
-    return RNNCodec(CodecConfig(cell=cell, mode=mode, width=0.125)).eval()
+    return RNNCodec(CodecConfig(cell=cell, mode=mode, width=0.125, gain_growth=gain_growth)).eval()
 
 
 def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -71,6 +71,18 @@ def test_decompress_equals_evaluation_reconstruction_bit_for_bit_for_every_prefi
     same, encoder_side = compress_progressive(model, image, iterations=5, entropy_coding=entropy_coding)
     assert same == data and len(encoder_side) == 5
     assert all(np.array_equal(a, b) for a, b in zip(encoder_side, reference))
+
+
+@pytest.mark.parametrize("mode", ["additive", "residual-scaling"])
+def test_gain_growth_models_decode_bit_for_bit(mode):
+    model = _model(mode, gain_growth=1.3)
+    torch.nn.init.normal_(model.decoder.conv_out.weight, std=0.1)  # the zero init would hide the gain
+    image = _image(32, 48)
+    data, encoder_side = compress_progressive(model, image, iterations=4)
+    reference = _reference(model, image, 4)
+    assert len({r.tobytes() for r in reference}) == 4  # each iteration changes the image
+    assert all(np.array_equal(a, b) and np.array_equal(a, c)
+               for a, b, c in zip(decompress_progressive(model, data), reference, encoder_side))
 
 
 @pytest.mark.parametrize("size", [(1, 1), (17, 33), (37, 53), (100, 31)])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from rnncodec.codec import CELLS, MODES, CodecConfig, CodecError, RNNCodec, train_step
 from rnncodec.codec.model import Binarizer, Conv2d, ConvGRUCell
@@ -54,6 +55,32 @@ def test_inputs_and_configurations_are_checked():
     with pytest.raises(CodecError, match="unknown codec configuration keys"):
         CodecConfig.from_dict({"cells": "lstm"})
     assert CodecConfig.from_dict(CodecConfig(width=0.5).to_dict()) == CodecConfig(width=0.5)
+    with pytest.raises(CodecError, match=r"gain_growth 3 is outside \[1, 2\]"):
+        CodecConfig(gain_growth=3)
+    with pytest.raises(CodecError, match="gain_growth needs a mode that adds residuals"):
+        CodecConfig(mode="one-shot", gain_growth=1.1)
+
+
+def test_gain_growth_scales_what_the_encoder_sees_and_divides_what_the_decoder_adds():
+    """Fixed residual scaling: with γ = 1.5 the encoder gets rₜ₋₁·γᵗ⁻¹ and x̂ₜ = x̂ₜ₋₁ + D(bₜ)/γᵗ⁻¹;
+    a model without the setting writes the same configuration as before it existed."""
+    assert "gain_growth" not in CodecConfig().to_dict()
+    assert CodecConfig.from_dict(CodecConfig(gain_growth=1.5).to_dict()).gain_growth == 1.5
+    torch.manual_seed(0)
+    model = RNNCodec(CodecConfig(width=0.125, gain_growth=1.5)).eval()
+    nn.init.normal_(model.decoder.conv_out.weight, std=0.1)  # the zero init would make D(b) = 0
+    x = torch.rand(2, 3, 32, 32) - 0.5
+    seen = []
+    model.encoder.conv.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    out = model(x, 3)
+    plain = RNNCodec(CodecConfig(width=0.125)).eval()
+    plain.load_state_dict(model.state_dict())
+    state, previous = plain.initial_state(), torch.zeros_like(x)
+    for t in range(3):
+        assert torch.allclose(seen[t], (x - previous) * 1.5**t, atol=1e-6), t
+        increment = plain.decoder(out["codes"][t], state["rnn"])
+        assert torch.allclose(out["x_hat"][t], previous + increment / 1.5**t, atol=1e-6), t
+        previous = out["x_hat"][t]
 
 
 def test_binarizer_is_stochastic_and_unbiased_in_training_and_sign_at_evaluation():
@@ -119,6 +146,19 @@ def test_the_other_losses_train_too(loss, factor):
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = [train_step(model, optimizer, pixels, iterations=2, loss=loss) for _ in range(150)]
     assert sum(losses[-10:]) / 10 < losses[0] / factor, (losses[0], losses[-10:])
+
+
+def test_psnr_loss_is_the_negative_sum_of_each_iterations_psnr_and_trains():
+    from rnncodec.codec.losses import codec_loss
+
+    x = torch.rand(4, 3, 32, 32) - 0.5
+    out = {"residuals": [torch.full_like(x, 0.1), torch.full_like(x, 0.01)]}
+    assert codec_loss("psnr", x, out).item() == pytest.approx(-(20.0 + 40.0), abs=1e-4)
+    pixels = _smooth_batch()
+    model = RNNCodec(CodecConfig(width=0.125, gain_growth=1.2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = [train_step(model, optimizer, pixels, iterations=2, loss="psnr") for _ in range(150)]
+    assert sum(losses[-10:]) / 10 < losses[0] - 2 * 3.0, (losses[0], losses[-10:])  # ≥ 3 dB per iteration
 
 
 def test_trainer_builds_the_configured_optimizer_schedule_and_determinism():
