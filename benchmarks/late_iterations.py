@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from rnncodec.codec import load_checkpoint
-from rnncodec.codec.image import to_input
+from rnncodec.codec.image import to_input, to_pixels
 from rnncodec.codec.model import ConvLSTMCell, RNNCodec
 from rnncodec.codec.options import MAX_ITERATIONS
 from rnncodec.codec.training import random_patches
@@ -54,7 +54,7 @@ def profile(model: RNNCodec, pixels: torch.Tensor, iterations: int = MAX_ITERATI
     rows, previous = [], torch.zeros_like(x)
     for t in range(iterations):
         x_hat = out["x_hat"][t]
-        mse = (x_hat.clamp(-0.5, 0.5) - x).mul(255).round().square().flatten(1).mean(1).clamp_min(1e-10)
+        mse = (to_pixels(x_hat).float() - pixels.float()).square().flatten(1).mean(1).clamp_min(1e-10)
         seen = x if t == 0 else out["residuals"][t - 1]
         rows.append({"iteration": t + 1, "psnr": round((10 * torch.log10(255**2 / mse)).mean().item(), 3),
                      "residual_abs": round(seen.abs().mean().item(), 5),

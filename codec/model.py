@@ -40,13 +40,16 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-_ADDED = {"gain_growth": 1.0}
+def _is_finite(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+_ADDED = {"gain_growth": 1.0}  # settings added after the first release, with their defaults
 _SEQUENCES = {"encoder_channels": 4, "encoder_hidden_kernels": 3, "decoder_channels": 4, "decoder_hidden_kernels": 4}
 _TYPES = {
     "cell": lambda v: isinstance(v, str), "mode": lambda v: isinstance(v, str),
     "activation": lambda v: isinstance(v, str), "bias": lambda v: isinstance(v, bool),
-    "width": lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v),
-    "gain_growth": lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v),
+    "width": _is_finite, "gain_growth": _is_finite,
     "bits": _is_int, "kernel_size": _is_int, "decoder_input_channels": _is_int, "gain_channels": _is_int,
 }
 _TYPE_NAMES = {"cell": "text", "mode": "text", "activation": "text", "bias": "true or false",
