@@ -30,11 +30,12 @@ from rnncodec.sweeps.spec import Sweep, SweepError, check_resources, load_spec, 
 from rnncodec.sweeps.storage import (
     DATA_FOLDER,
     SWEEP_FILE,
+    check_tune_state,
     check_writable,
     child,
     filesystem,
-    parent,
     read_sweep_file,
+    tune_storage,
     write_sweep_file,
 )
 from rnncodec.sweeps.wandb_logging import TrialLogger, check_version, resolve_mode
@@ -170,11 +171,13 @@ def build_tuner(spec: Sweep, location: str, context: dict[str, Any], gpus_availa
     trainable = tune.with_parameters(tune_trainable, sweep=spec.to_dict(), context=context)
     gpus = spec.resources["gpus"] if gpus_available > 0 else 0  # the same file runs on CPU-only machines
     trainable = tune.with_resources(trainable, {"cpu": spec.resources["cpus"], "gpu": gpus})
+    storage_path, storage_fs = tune_storage(location)
     if restore:
-        _, path = filesystem(location)
         try:
-            return tune.Tuner.restore(location if is_uri(location) else path, trainable=trainable,
-                                      resume_unfinished=True, resume_errored=True)
+            _, path = filesystem(location)
+            return tune.Tuner.restore(location if storage_fs is None else path, trainable=trainable,
+                                      storage_filesystem=storage_fs, resume_unfinished=True,
+                                      resume_errored=True)
         except (ValueError, RuntimeError, OSError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise SweepError(f"{location} cannot be resumed ({first}); start it again with `rnncodec sweep run` "
@@ -201,7 +204,8 @@ def build_tuner(spec: Sweep, location: str, context: dict[str, Any], gpus_availa
     checkpoint_config = tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints, checkpoint_score_attribute=spec.metric,
                                               checkpoint_score_order=spec.mode)
     run_config = tune.RunConfig(
-        name=spec.name, storage_path=parent(location), checkpoint_config=checkpoint_config,
+        name=spec.name, storage_path=storage_path, storage_filesystem=storage_fs,
+        checkpoint_config=checkpoint_config,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         verbose=1, progress_reporter=_reporter(spec), callbacks=[StatusWriter(location)],
     )
@@ -270,6 +274,7 @@ def resume(location: str, *, address: str | None = None, num_cpus: int | None = 
     context = dict(stored["context"], experiment=location)
     if address is None:
         check_resources(spec, float(num_cpus or os.cpu_count() or 1), float(_local_gpus()))
+    check_tune_state(location, spec.trial_count(), say)
     return _fit(spec, location, context, address, num_cpus, restore=True, say=say)
 
 

@@ -5,14 +5,21 @@ writing them, on any pyarrow filesystem, is done here only."""
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import io
 import json
+import os
 import pickle
+import pickletools
 import re
+import secrets
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from rnncodec.data.errors import RnncodecError
@@ -54,6 +61,158 @@ def parent(location: str) -> str:
         return str(Path(location).expanduser().resolve().parent)
     path, mark, options = location.partition("?")
     return f"{path.rstrip('/').rsplit('/', 1)[0]}{mark}{options}"
+
+
+class _RenamedWhenClosed:
+    """A binary file written under a temporary name beside ``path`` and renamed to it by ``close``; a
+    writer that dies or fails before closing leaves ``path`` as it was."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.tmp = path, f"{path}.partial-{secrets.token_hex(4)}"
+        self.closed = True  # until the file is open, nothing to clean up
+        self.file = open(self.tmp, "xb")  # noqa: SIM115 - closed by close() or __del__
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.path)
+
+    def __del__(self) -> None:
+        if not self.closed:  # abandoned mid-copy: the partial file goes, ``path`` stays as it was
+            self.file.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.tmp)
+
+
+class AtomicLocalFiles(pafs.FileSystemHandler):
+    """The local filesystem, with every file written under a temporary name and renamed when complete.
+
+    Tune copies its experiment state and each trial's checkpoints into the storage folder file by file;
+    on a local disk a driver killed mid-copy would leave a file cut short that the next resume cannot
+    read. Object stores (S3, GCS) write whole objects and need no such care."""
+
+    def __init__(self) -> None:
+        self.fs = pafs.LocalFileSystem()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AtomicLocalFiles)
+
+    def __hash__(self) -> int:
+        return hash(AtomicLocalFiles)
+
+    def get_type_name(self) -> str:
+        return "rnncodec-atomic-local"
+
+    def normalize_path(self, path: str) -> str:
+        return self.fs.normalize_path(path)
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(selector)
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path: str) -> None:
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        raise OSError("refusing to empty the root folder")
+
+    def delete_file(self, path: str) -> None:
+        self.fs.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self.fs.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        with self.fs.open_input_stream(src) as source, self.open_output_stream(dest, None) as target:
+            while chunk := source.read(1 << 24):
+                target.write(chunk)
+
+    def open_input_stream(self, path: str) -> pa.NativeFile:
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path: str) -> pa.NativeFile:
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata: Any) -> pa.NativeFile:
+        return pa.PythonFile(_RenamedWhenClosed(path), mode="w")
+
+    def open_append_stream(self, path: str, metadata: Any) -> pa.NativeFile:
+        return self.fs.open_append_stream(path)
+
+
+def tune_storage(location: str) -> tuple[str, pafs.FileSystem | None]:
+    """The ``storage_path`` and ``storage_filesystem`` Tune is given for the sweep folder ``location``:
+    on a local disk the path and :class:`AtomicLocalFiles`, elsewhere the parent URI and None (Tune
+    opens it)."""
+    fs, path = filesystem(location)
+    if isinstance(fs, pafs.LocalFileSystem):
+        return str(Path(path).parent), pafs.PyFileSystem(AtomicLocalFiles())
+    return parent(location), None
+
+
+_TUNE_STATE = "experiment_state-*.json"
+_GRID_STATE = "basic-variant-state-*.json"
+_SEARCH_STATES = (_GRID_STATE, "search_gen_state-*.json", "searcher-state-*.pkl")  # pickles despite ".json"
+
+
+def _whole_pickle(raw: bytes) -> bool:
+    """Whether ``raw`` is exactly one complete pickle; its opcodes are walked, nothing is loaded."""
+    stream = io.BytesIO(raw)
+    try:
+        for _ in pickletools.genops(stream):
+            pass
+    except Exception:  # noqa: BLE001 - any parse failure means damaged
+        return False
+    return stream.tell() == len(raw)
+
+
+def check_tune_state(location: str, trials: int, say: Callable[[str], None]) -> None:
+    """Check Tune's own files in a sweep folder before a resume (parsed, never unpickled): Tune, meeting
+    one cut short, would restart the sweep with no trials. A grid's search state whose ``trials`` all
+    exist already holds nothing more and is set aside (renamed ``*.damaged``); any other damage is a
+    SweepError. Sweeps written since :class:`AtomicLocalFiles` should never show any."""
+    fs, path = filesystem(location)
+    names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+             if i.type == pafs.FileType.File]
+    states = fnmatch.filter(names, _TUNE_STATE)
+    if not states:
+        return  # Tune says so itself, and build_tuner turns that into a SweepError
+
+    def damaged(name: str) -> SweepError:
+        return SweepError(f"Tune's {location}/{name} is cut short or damaged (a driver killed while copying it); "
+                          "the sweep cannot be resumed: run it again with `rnncodec sweep run` and a new --name")
+
+    try:
+        created = len(read_json(fs, f"{path}/{max(states)}")["trial_data"])
+    except Exception:  # noqa: BLE001 - unreadable in any way means damaged
+        raise damaged(max(states)) from None
+    for pattern in _SEARCH_STATES:
+        for name in fnmatch.filter(names, pattern):
+            with fs.open_input_stream(f"{path}/{name}") as f:
+                if _whole_pickle(f.readall()):
+                    continue
+            if pattern != _GRID_STATE or created < trials:
+                raise damaged(name)
+            fs.move(f"{path}/{name}", f"{path}/{name}.damaged")
+            say(f"note: {name} was cut short by a killed driver; set aside, as all {trials} trials exist already")
 
 
 def read_json(fs: pafs.FileSystem, path: str) -> Any:

@@ -1,0 +1,75 @@
+"""Tune's files in a sweep folder, without Ray: copies that are whole or absent, and damaged state
+found before a resume."""
+
+import gc
+import json
+import os
+import pickle
+
+import pyarrow.fs as pafs
+import pytest
+
+from rnncodec.sweeps.spec import SweepError
+from rnncodec.sweeps.storage import AtomicLocalFiles, check_tune_state, tune_storage
+
+ATOMIC = pafs.PyFileSystem(AtomicLocalFiles())
+
+
+def test_a_copy_into_local_storage_appears_whole_and_an_abandoned_one_not_at_all(tmp_path):
+    (tmp_path / "src" / "checkpoint_000001").mkdir(parents=True)
+    body = os.urandom(3 << 20)
+    (tmp_path / "src" / "checkpoint_000001" / "state.pt").write_bytes(body)
+    pafs.copy_files(str(tmp_path / "src"), str(tmp_path / "dst"), destination_filesystem=ATOMIC)
+    assert (tmp_path / "dst" / "checkpoint_000001" / "state.pt").read_bytes() == body
+
+    target = tmp_path / "dst" / "experiment_state-x.json"
+    target.write_bytes(b"old")
+    stream = ATOMIC.open_output_stream(str(target))
+    stream.write(b"new, but cut short")
+    assert target.read_bytes() == b"old"  # a driver killed here leaves the previous version
+    del stream
+    gc.collect()
+    assert target.read_bytes() == b"old" and sorted(os.listdir(target.parent)) == ["checkpoint_000001", target.name]
+    with ATOMIC.open_output_stream(str(target)) as stream:
+        stream.write(b"new")
+    assert target.read_bytes() == b"new"
+    assert pickle.loads(pickle.dumps(ATOMIC)) == ATOMIC  # Tune ships it to every trial's worker
+
+
+def test_tune_gets_the_atomic_filesystem_only_for_local_storage(tmp_path):
+    path, fs = tune_storage(str(tmp_path / "sweep"))
+    assert path == str(tmp_path) and fs == ATOMIC
+    path, fs = tune_storage(f"file://{tmp_path}/sweep")
+    assert path == str(tmp_path) and fs == ATOMIC
+
+
+def _sweep_folder(tmp_path, trials, grid_state):
+    (tmp_path / "experiment_state-2026-11-26_15-38-19.json").write_text(
+        json.dumps({"trial_data": [["{}", "{}"]] * trials, "runner_data": {}}))
+    (tmp_path / "basic-variant-state-2026-11-26_15-38-19.json").write_bytes(grid_state)
+    return str(tmp_path)
+
+
+def test_a_cut_short_grid_state_is_set_aside_when_every_trial_exists(tmp_path):
+    whole = pickle.dumps({"_finished": True, "_total_samples": 2})
+    notes = []
+    check_tune_state(_sweep_folder(tmp_path, 2, whole), 2, notes.append)
+    assert notes == [] and (tmp_path / "basic-variant-state-2026-11-26_15-38-19.json").read_bytes() == whole
+
+    for cut in (b"", whole[: len(whole) // 2], whole[:-1], whole + b"x"):
+        check_tune_state(_sweep_folder(tmp_path, 2, cut), 2, notes.append)
+        assert not (tmp_path / "basic-variant-state-2026-11-26_15-38-19.json").exists()
+        assert (tmp_path / "basic-variant-state-2026-11-26_15-38-19.json.damaged").read_bytes() == cut
+        assert "set aside" in notes.pop()
+
+
+def test_damaged_tune_state_that_cannot_be_done_without_is_a_one_line_error(tmp_path):
+    cut = pickle.dumps({"_total_samples": 4})[:-3]
+    with pytest.raises(SweepError, match=r"basic-variant-state.*cut short.*new --name"):
+        check_tune_state(_sweep_folder(tmp_path, 2, cut), 4, print)  # trials 3 and 4 exist only in it
+    assert (tmp_path / "basic-variant-state-2026-11-26_15-38-19.json").read_bytes() == cut
+    state = tmp_path / "experiment_state-2026-11-26_15-38-19.json"
+    state.write_bytes(state.read_bytes()[:40])
+    with pytest.raises(SweepError, match=r"experiment_state.*cut short") as info:
+        check_tune_state(str(tmp_path), 2, print)
+    assert "\n" not in str(info.value)
