@@ -323,7 +323,9 @@ class RNNCodec(nn.Module):
 
     def decode_step(self, b: Tensor, state: dict[str, Any]) -> Tensor:
         """One decoder iteration: codes bₜ → reconstruction x̂ₜ; updates ``state`` in place."""
-        out = self.decoder(b, state["rnn"])
+        # The encoder's codes may come channels-last (from a permuted input, or the matrix-product
+        # convolution); the decoder must see the layout decompress gives it, or its sums differ.
+        out = self.decoder(b.contiguous(), state["rnn"])
         x_hat, gain = state["x_hat"], state["gain"]
         if self.config.mode == "one-shot":
             x_hat = out / 2
