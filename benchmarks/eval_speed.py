@@ -11,7 +11,10 @@ batched metrics. ``old``: ``timing="exact"`` on every image and one pytorch-msss
 (the metrics as they were before batching). Seconds per image come from the progress callback, so
 the timed sample image and the others are reported apart; ``projected_s`` is a run on
 ``--project`` images (24: Kodak) from these per-image figures. ``quality`` checks that both paths give
-the same figures. ``ms_ssim``: one Kodak image against its 19 JPEG reconstructions (qualities 5..95),
+the same figures. ``cpu_kernels``: ``compress_progressive`` of the first image at the largest k,
+interleaved ``--repeats`` times, with ``torch.tanh`` or the model's sigmoid-based ``tanh``, and with
+blocks above 32 MB mapped afresh (glibc's default at most) or freed blocks kept for reuse
+(``codec.allocator``, as ``rnncodec eval`` sets it); best and median seconds. ``ms_ssim``: one Kodak image against its 19 JPEG reconstructions (qualities 5..95),
 median of ``--repeats`` runs, seconds per reconstruction. The load average is recorded before and
 after: timings on a shared machine are only as good as its idleness. Prints one JSON object.
 """
@@ -33,7 +36,9 @@ from unittest import mock
 import numpy as np
 import torch
 
-from rnncodec.codec import load_checkpoint
+from rnncodec.codec import compress_progressive, load_checkpoint
+from rnncodec.codec import model as model_module
+from rnncodec.codec.allocator import reuse_freed_memory
 from rnncodec.codec.metrics import ms_ssim, ms_ssim_against, ms_ssim_db, psnr
 from rnncodec.evaluation import rd
 from rnncodec.evaluation.baselines import QUALITIES, encode_decode, parse_baselines
@@ -98,6 +103,28 @@ def ms_ssim_per_call(image: np.ndarray, repeats: int) -> dict[str, float]:
             "speedup": unbatched / batched}
 
 
+def cpu_kernels(model: Any, image: np.ndarray, iterations: int, repeats: int) -> dict[str, Any]:
+    """Seconds of one progressive compress per tanh kernel and allocator setting, interleaved."""
+    fast = model_module.tanh
+    variants = {f"{t}_tanh_{a}": (fn, limit) for t, fn in (("torch", torch.tanh), ("model", fast))
+                for a, limit in (("fresh_maps", 32 << 20), ("reuse", 1 << 30))}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    try:
+        for _ in range(repeats):
+            for name, (fn, limit) in variants.items():
+                model_module.tanh = fn
+                reuse_freed_memory(limit)
+                start = time.perf_counter()
+                compress_progressive(model, image, iterations)
+                times[name].append(time.perf_counter() - start)
+    finally:
+        model_module.tanh = fast
+        reuse_freed_memory()
+    out: dict[str, Any] = {k: {"best_s": min(v), "median_s": statistics.median(v)} for k, v in times.items()}
+    out["speedup_best"] = out["torch_tanh_fresh_maps"]["best_s"] / out["model_tanh_reuse"]["best_s"]
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kodak", type=Path, default=ROOT.parent / "shared" / "data" / "kodak", help="Kodak folder")
@@ -112,6 +139,7 @@ def main() -> int:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    reused = reuse_freed_memory()  # as rnncodec eval does
     images = rd.load_images(args.kodak, limit=args.images)
     keys = parse_baselines(args.baselines)
     model = load_checkpoint()
@@ -119,7 +147,7 @@ def main() -> int:
         "benchmark": "eval_speed", "device": "cpu", "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "load_average_before": os.getloadavg(),
         "images": [n for n, _ in images], "iterations": args.iterations, "baselines": keys,
-        "timing_images": args.timing_images,
+        "timing_images": args.timing_images, "reuse_freed_memory": reused,
     }
     runs = {"new": measure(model, images, args.iterations, keys, "sample", args.timing_images)}
     print(f"new: codec {np.round(runs['new']['codec_s_per_image'], 2)} s per image", file=sys.stderr, flush=True)
@@ -144,6 +172,7 @@ def main() -> int:
         out["speedup_projected"] = out["old"]["projected_s"] / out["new"]["projected_s"]
     out["quality"] = _same_quality(runs["new"]["result"], runs["old"]["result"])
     out["ms_ssim"] = ms_ssim_per_call(images[0][1], args.repeats)
+    out["cpu_kernels"] = cpu_kernels(model, images[0][1], rd.parse_iterations(args.iterations)[-1], args.repeats)
     out["load_average_after"] = os.getloadavg()
     print(json.dumps(out, indent=2, default=float))
     return 0

@@ -118,11 +118,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _compress(args: argparse.Namespace) -> int:
+    from rnncodec.codec.allocator import reuse_freed_memory
     from rnncodec.codec.bitstream import compress
     from rnncodec.codec.checkpoint import load_checkpoint
     from rnncodec.data.files import write_atomic
     from rnncodec.data.images import load_image
 
+    reuse_freed_memory()
     image = load_image(args.image)
     model = load_checkpoint(args.checkpoint)
     data = compress(model, image, args.iterations, entropy_coding=not args.raw)
@@ -134,10 +136,12 @@ def _compress(args: argparse.Namespace) -> int:
 
 
 def _decompress(args: argparse.Namespace) -> int:
+    from rnncodec.codec.allocator import reuse_freed_memory
     from rnncodec.codec.bitstream import decompress, read_bitstream
     from rnncodec.codec.checkpoint import load_checkpoint
     from rnncodec.data.images import save_png
 
+    reuse_freed_memory()
     data = read_bitstream(args.input)
     image = decompress(load_checkpoint(args.checkpoint), data, args.iterations)
     save_png(args.out, image)
@@ -405,11 +409,13 @@ def _eval(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
+    from rnncodec.codec.allocator import reuse_freed_memory
     from rnncodec.codec.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
     from rnncodec.evaluation import baselines, kodak, rd
     from rnncodec.evaluation.plots import load_anchors, rd_plot
     from rnncodec.evaluation.results import write_results
 
+    reuse_freed_memory()
     console = _console()
     iterations = rd.parse_iterations(args.iterations)
     timing = rd.timing_description(args.timing, args.timing_images)
