@@ -38,6 +38,7 @@ class TrainConfig:
     grad_clip: float | None = None
     amp: bool = False  # bfloat16 autocast where it runs natively (bf16_native)
     deterministic: bool = False
+    cuda_graph: bool = False  # on CUDA, replay the whole step as one CUDA graph (GraphedStep)
 
     def __post_init__(self) -> None:
         for name, value, options in (("loss", self.loss, LOSSES), ("optimizer", self.optimizer, OPTIMIZERS),
@@ -48,6 +49,9 @@ class TrainConfig:
             raise CodecError(f"iterations must be in 1..{MAX_ITERATIONS}, got {self.iterations}")
         if self.total_steps < 1 or not self.lr > 0:
             raise CodecError("total_steps and lr must be positive")
+        if self.cuda_graph and self.optimizer == "sgd":
+            raise CodecError("cuda_graph needs the adam or adamw optimizer (their capturable form); "
+                             "drop cuda_graph or change the optimizer")
 
 
 def set_deterministic(on: bool) -> None:
@@ -72,8 +76,26 @@ def _device(model: RNNCodec) -> torch.device:
     return next(model.parameters()).device
 
 
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+def _autocast(device: torch.device, amp: bool, cache: bool = True) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache) if amp else contextlib.nullcontext()
+
+
+def _step(model: RNNCodec, optimizer: torch.optim.Optimizer, pixels: Tensor, iterations: int, loss: str,
+          amp: bool, grad_clip: float | None, cache: bool = True) -> Tensor:
+    device = _device(model)
+    x = to_input(pixels.to(device, non_blocking=True))
+    if next(model.parameters()).is_contiguous(memory_format=torch.channels_last) and x.shape[-1] > 1:
+        x = x.contiguous(memory_format=torch.channels_last)
+    model.train()
+    with _autocast(device, amp, cache):
+        out = model(x, iterations)
+        value = codec_loss(loss, x, {k: [t.float() for t in v] for k, v in out.items()})
+    optimizer.zero_grad(set_to_none=True)
+    value.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return value.detach()
 
 
 def train_step(model: RNNCodec, optimizer: torch.optim.Optimizer, pixels: Tensor, iterations: int,
@@ -83,20 +105,53 @@ def train_step(model: RNNCodec, optimizer: torch.optim.Optimizer, pixels: Tensor
     ``amp`` runs the forward pass under bfloat16 autocast (no loss scaling needed). A model
     converted with ``model.to(memory_format=torch.channels_last)`` gets channels-last input.
     """
-    device = _device(model)
-    x = to_input(pixels.to(device, non_blocking=True))
-    if next(model.parameters()).is_contiguous(memory_format=torch.channels_last) and x.shape[-1] > 1:
-        x = x.contiguous(memory_format=torch.channels_last)
-    model.train()
-    with _autocast(device, amp):
-        out = model(x, iterations)
-        value = codec_loss(loss, x, {k: [t.float() for t in v] for k, v in out.items()})
-    optimizer.zero_grad(set_to_none=True)
-    value.backward()
-    if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    return value.item()
+    return _step(model, optimizer, pixels, iterations, loss, amp, grad_clip).item()
+
+
+class GraphedStep:
+    """``train_step`` captured once as a CUDA graph (forward, loss, backward, clipping, optimizer) and
+    replayed for every batch of the captured shape; batches of another shape take the eager step.
+
+    At the paper's batch of 32 the eager step is bound by launching its kernels from Python (about
+    5,000 operator calls a step at 4 iterations, counted on the CPU), not by the GPU: on an H200 a step
+    of batch 128 took as long as one of 32. A replay launches them all at once: 1.9× the eager step
+    there in fp32, 3.5× with bf16 (``benchmarks/train_throughput.py``), with the same losses. Needs
+    an optimizer built with ``capturable=True`` and a tensor learning rate (``Trainer`` does both),
+    since a replay cannot read Python numbers.
+    """
+
+    WARMUP = 3  # eager steps on a side stream before the capture, as CUDA's capture requires
+
+    def __init__(self, model: RNNCodec, optimizer: torch.optim.Optimizer, config: TrainConfig, amp: bool):
+        self.model, self.optimizer, self.config, self.amp = model, optimizer, config, amp
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.warm = 0
+
+    def _eager(self, pixels: Tensor, cache: bool = True) -> Tensor:
+        c = self.config
+        return _step(self.model, self.optimizer, pixels, c.iterations, c.loss, self.amp, c.grad_clip, cache)
+
+    def __call__(self, pixels: Tensor) -> float:
+        if self.graph is None and self.warm < self.WARMUP:
+            side, main = torch.cuda.Stream(), torch.cuda.current_stream()
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                value = self._eager(pixels)
+            main.wait_stream(side)
+            self.warm += 1
+            return value.item()
+        if self.graph is None:
+            self.pixels = pixels.to(_device(self.model), copy=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.loss = self._eager(self.pixels, cache=False)  # autocast's cache breaks capture
+        elif pixels.shape != self.pixels.shape:
+            return self._eager(pixels).item()
+        else:
+            self.pixels.copy_(pixels, non_blocking=True)
+        self.graph.replay()  # a capture only records: the step it captured runs here too
+        return self.loss.item()
 
 
 class Trainer:
@@ -109,19 +164,39 @@ class Trainer:
     def __init__(self, model: RNNCodec, config: TrainConfig):
         self.model, self.config = model, config
         set_deterministic(config.deterministic)
+        device = _device(model)
+        self.graphed = config.cuda_graph and device.type == "cuda"
         params, lr, wd = model.parameters(), config.lr, config.weight_decay
-        fused = {"fused": True}  # one kernel for every parameter: on the CPU 17 ms a step, not 100 (width 1.0)
+        # fused: one kernel for every parameter: on the CPU 17 ms a step, not 100 (width 1.0)
+        adam = {"fused": True, "capturable": self.graphed}
         if config.optimizer == "adam":
-            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr, weight_decay=wd, **fused)
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr, weight_decay=wd, **adam)
         elif config.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=wd, **fused)
+            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=wd, **adam)
         else:
             self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._factor)
-        self.amp = config.amp and bf16_native(_device(model))
-        if self.amp and _device(model).type == "cuda":  # channels_last adds 4% to bf16 on an H100
+        self._lr_kind()
+        self.amp = config.amp and bf16_native(device)
+        if self.amp and device.type == "cuda":  # channels_last adds 4% to bf16 on an H100
             model.to(memory_format=torch.channels_last)
+        self._train_step = (GraphedStep(model, self.optimizer, config, self.amp) if self.graphed else
+                            lambda pixels: train_step(model, self.optimizer, pixels, config.iterations, config.loss,
+                                                      amp=self.amp, grad_clip=config.grad_clip))
         self.steps, self.samples_seen, self.train_time = 0, 0, 0.0
+
+    def _lr_kind(self) -> None:
+        """A graphed step reads the learning rate from a tensor on the device (the schedule fills it in
+        place); an eager one from a number; the schedule's own records stay numbers. Checkpoints of
+        either kind load into both."""
+        for group in self.optimizer.param_groups:
+            lr = float(group["lr"])
+            group["lr"] = torch.tensor(lr, device=_device(self.model)) if self.graphed else lr
+            group["initial_lr"] = float(group["initial_lr"])
+            if "capturable" in group:
+                group["capturable"] = self.graphed
+        self.schedule.base_lrs = [float(lr) for lr in self.schedule.base_lrs]
+        self.schedule._last_lr = [float(lr) for lr in self.schedule._last_lr]
 
     def _factor(self, step: int) -> float:
         total, kind = self.config.total_steps, self.config.lr_schedule
@@ -133,16 +208,15 @@ class Trainer:
 
     @property
     def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        return float(self.optimizer.param_groups[0]["lr"])
 
     def run(self, batches: Iterator[Tensor], steps: int, on_step: Callable[[float], None] | None = None) -> list[float]:
         """Take ``steps`` optimizer steps on batches drawn from ``batches``; returns their losses."""
-        c, losses = self.config, []
+        losses = []
         for _ in range(steps):
             batch = next(batches)
             start = time.perf_counter()
-            losses.append(train_step(self.model, self.optimizer, batch, c.iterations, c.loss, amp=self.amp,
-                                     grad_clip=c.grad_clip))
+            losses.append(self._train_step(batch))
             self.train_time += time.perf_counter() - start
             self.schedule.step()
             self.steps += 1
@@ -162,6 +236,7 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
+        self._lr_kind()
         self.steps, self.samples_seen = int(state["steps"]), int(state["samples_seen"])
         self.train_time = float(state["train_time"])
 

@@ -93,7 +93,7 @@ def _train(args: argparse.Namespace) -> int:
     trainer = Trainer(model.to(device), TrainConfig(
         iterations=args.iterations, loss=args.loss, optimizer=args.optimizer, lr=args.lr,
         weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, total_steps=args.steps,
-        grad_clip=args.grad_clip, amp=args.amp, deterministic=args.deterministic))
+        grad_clip=args.grad_clip, amp=args.amp, deterministic=args.deterministic, cuda_graph=args.cuda_graph))
     params = sum(p.numel() for p in model.parameters())
     console.print(f"training {args.cell}/{args.mode} width {args.width} ({params:,} parameters) on "
                   f"{stream.description}, {args.iterations} iterations, batch {args.batch_size}, {device}")
@@ -186,6 +186,8 @@ def _add_codec_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on GPUs and CPUs with native bf16 (AVX512-BF16, AMX); ignored elsewhere")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels, so GPU runs reproduce bit for bit (slower; CPU runs always do)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="on a GPU, replay each training step as one CUDA graph (adam, adamw; ignored on CPUs)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("compress", help="compress an image to an rnncodec file",

@@ -137,6 +137,8 @@ TRAIN: dict[str, tuple[Any, Callable[[str, Any], Any], str]] = {
     "grad_clip": (None, _float(0, open_lo=True, none=True), "gradient norm clip; null = none"),
     "deterministic": (False, _bool, "deterministic kernels: GPU trials reproduce bit for bit (slower); "
                       "CPU trials always do"),
+    "cuda_graph": (False, _bool, "GPU trials replay each training step as one CUDA graph (adam, adamw); "
+                   "ignored on CPUs"),
 }
 
 DATA: dict[str, tuple[Any, Callable[[str, Any], Any], str]] = {
@@ -330,7 +332,7 @@ class Sweep:
 
 # Parameters added after sweeps had run: left out of a trial's identity at these defaults, so that
 # sweeps started before them keep their trial keys and seeds (and resume).
-_ADDED = {"val_probes": 0, "gain_growth": 1.0}
+_ADDED = {"val_probes": 0, "gain_growth": 1.0, "cuda_graph": False}
 
 
 def _identity(params: dict[str, Any], repeat: int) -> bytes:
@@ -432,6 +434,10 @@ def parse_spec(raw: Any, origin: str = "sweep file") -> Sweep:
     if "one-shot" in modes and ("gain_growth" in axes or fixed["gain_growth"] != 1):
         raise SweepError("gain_growth: one-shot reconstruction has no residuals to scale; "
                          "leave gain_growth at 1 or drop one-shot from reconstruction")
+    optimizers = axes["optimizer"].values if "optimizer" in axes else [fixed["optimizer"]]
+    if "sgd" in optimizers and ("cuda_graph" in axes or fixed["cuda_graph"]):
+        raise SweepError("cuda_graph: a graphed step needs the adam or adamw optimizer; "
+                         "drop cuda_graph or drop sgd from optimizer")
     mode = _choice(("max", "min"))("mode", raw.get("mode", "min" if "loss" in metric or "residual" in metric else "max"))
     search = _search(raw.get("search"))
     if search["type"] == "grid":

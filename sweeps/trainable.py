@@ -136,7 +136,7 @@ def train_config(params: dict[str, Any], total_steps: int) -> TrainConfig:
     return TrainConfig(iterations=params["iterations"], loss=params["loss"], optimizer=params["optimizer"],
                        lr=params["lr"], weight_decay=params["weight_decay"], lr_schedule=params["lr_schedule"],
                        total_steps=total_steps, grad_clip=params["grad_clip"], amp=params["amp"],
-                       deterministic=params["deterministic"])
+                       deterministic=params["deterministic"], cuda_graph=params["cuda_graph"])
 
 
 def _endless(loader: BatchLoader) -> Iterator[torch.Tensor]:

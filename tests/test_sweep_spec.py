@@ -74,8 +74,8 @@ def test_seed_derives_from_configuration_and_repeat():
     assert trial_seed(p, 0) == trial_seed(dict(reversed(p.items())), 0)
     assert trial_seed(p, 0) != trial_seed(p, 1) != trial_seed({**p, "batch_size": 16}, 1)
     assert trial_key(p, 0) == trial_key(p, 0) and len(trial_key(p, 0)) == 12
-    # val_probes and gain_growth (added later) at their defaults leave the keys and seeds of older sweeps
-    for added, default, other in (("val_probes", 0, 2), ("gain_growth", 1.0, 1.1)):
+    # val_probes, gain_growth and cuda_graph (added later) at their defaults leave the keys and seeds of older sweeps
+    for added, default, other in (("val_probes", 0, 2), ("gain_growth", 1.0, 1.1), ("cuda_graph", False, True)):
         assert trial_key({**p, added: default}, 0) == trial_key(p, 0) != trial_key({**p, added: other}, 0)
         assert trial_seed({**p, added: default}, 0) == trial_seed(p, 0)
 
@@ -90,6 +90,8 @@ def test_seed_derives_from_configuration_and_repeat():
         (minimal(fixed={"gain_growth": 0.9}), ["fixed.gain_growth", "out of range"]),
         (minimal(fixed={"gain_growth": 1.1}, axes={"reconstruction": ["additive", "one-shot"]}),
          ["gain_growth", "one-shot", "leave gain_growth at 1"]),
+        (minimal(fixed={"cuda_graph": True}, axes={"optimizer": ["adam", "sgd"]}),
+         ["cuda_graph", "adam or adamw", "drop sgd"]),
         (minimal(fixed={"iterations": 17}), ["fixed.iterations", "1..16"]),
         (minimal(fixed={"lr": "fast"}), ["fixed.lr", "not a number"]),
         (minimal(axes={"lr": {"loguniform": [1e-3, 1e-4]}}, search="random"), ["axes.lr.loguniform", "below"]),
