@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The GPU figures in one command (under 8 minutes on one H100), printed as one JSON object:
+# The GPU figures in one command (under 8 minutes on one H100 or H200), printed as one JSON object:
 #   throughput  paper-size training step (width 1.0, batch 32, 4 iterations): the peer port's plain
-#               step, ours fp32, bf16 autocast, bf16 + channels_last, torch.compile, CUDA graphs; peak
-#               memory; the fp32 matmul peak (benchmarks/train_throughput.py)
-#   throughput_batch128  the same at batch 128 (peer, ours, ours-bf16-cl, CUDA graphs)
-#   packing     4 trials at once on the GPU (a sweep's gpus: 0.25) against one at a time
-#               (benchmarks/gpu_packing.py)
+#               step, ours fp32, bf16 autocast, bf16 + channels_last, torch.compile, compiled CUDA
+#               graphs, the whole step as one CUDA graph (fp32 and bf16); peak memory; the fp32,
+#               TF32 and bf16 matmul peaks (benchmarks/train_throughput.py)
+#   throughput_batch128  the same at batch 128 (peer, ours, ours-bf16-cl, both whole-step graphs)
+#   packing, packing_graphed  4 trials at once on the GPU (a sweep's gpus: 0.25) against one at a
+#               time, eager steps and graphed ones (benchmarks/gpu_packing.py)
 #   deterministic  two 5-step runs with TrainConfig(deterministic=True) end in identical weights
 # Works from a checkout without installing: where `import rnncodec` fails it maps the package's
 # folders into a temporary namespace, and installs wheels carried in .whl/ (pytorch-msssim).
@@ -28,15 +29,20 @@ if [[ -n "${GPU_CHECK_QUICK:-}" ]]; then
     tput=(--widths 0.125 --steps 1 --rounds 1 --warmup 0 --variants peer ours ours-bf16 --peak-size 256)
     pack=(--trials 2 --steps 2 --width 0.125)
 else
-    tput=(--widths 1.0 --steps 10 --rounds 2 --warmup 3)
+    tput=(--widths 1.0 --steps 40 --rounds 2 --warmup 5)
     pack=(--trials 4 --steps 300 --width 1.0)
 fi
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" >&2
 "$PY" benchmarks/train_throughput.py --device "$DEVICE" "${tput[@]}" >"$OUT_DIR/throughput.json"
 echo "throughput done" >&2
 "$PY" benchmarks/train_throughput.py --device "$DEVICE" "${tput[@]}" --batch 128 --variants peer ours ours-bf16-cl \
-    $([[ $DEVICE == cuda ]] && echo ours-cudagraphs) >"$OUT_DIR/throughput_batch128.json"
+    $([[ $DEVICE == cuda ]] && echo ours-graphed ours-bf16-graphed) >"$OUT_DIR/throughput_batch128.json"
 "$PY" benchmarks/gpu_packing.py --device "$DEVICE" "${pack[@]}" >"$OUT_DIR/packing.json"
+if [[ $DEVICE == cuda ]]; then
+    "$PY" benchmarks/gpu_packing.py --device "$DEVICE" "${pack[@]}" --cuda-graph >"$OUT_DIR/packing_graphed.json"
+else
+    echo null >"$OUT_DIR/packing_graphed.json"
+fi
 echo "packing done" >&2
 "$PY" - "$DEVICE" >"$OUT_DIR/deterministic.json" <<'EOF'
 import json, sys, torch
@@ -59,5 +65,5 @@ EOF
 "$PY" - "$OUT_DIR" <<'EOF'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
-print(json.dumps({k: json.loads((out / f"{k}.json").read_text()) for k in ("throughput", "throughput_batch128", "packing", "deterministic")}, indent=2))
+print(json.dumps({k: json.loads((out / f"{k}.json").read_text()) for k in ("throughput", "throughput_batch128", "packing", "packing_graphed", "deterministic")}, indent=2))
 EOF

@@ -2,11 +2,12 @@
 against the same trials one at a time: trials per hour both ways. Prints JSON.
 
 Each trial is its own process, as a Tune worker is, running the training loop every trial runs
-(``Trainer``: here bf16 autocast, fused Adam) for ``--steps`` steps on random patches, from
+(``Trainer``: here bf16 autocast, fused Adam; with ``--cuda-graph`` each step replayed as one CUDA
+graph) for ``--steps`` steps on random patches, from
 interpreter start to its last step, so start-up (import, CUDA context) counts as it does in a
 sweep. Ray itself is not involved: this measures how well concurrent trials share the device.
 
-    python benchmarks/gpu_packing.py [--trials 4] [--steps 200] [--width 1.0] [--device cuda]
+    python benchmarks/gpu_packing.py [--trials 4] [--steps 200] [--width 1.0] [--device cuda] [--cuda-graph]
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def trial(args: argparse.Namespace) -> None:
 
     device = torch.device(args.device)
     model = RNNCodec(CodecConfig(width=args.width)).to(device)
-    trainer = Trainer(model, TrainConfig(iterations=args.iterations, total_steps=args.steps, amp=True))
+    trainer = Trainer(model, TrainConfig(iterations=args.iterations, total_steps=args.steps, amp=True,
+                                               cuda_graph=args.cuda_graph))
     pixels = torch.randint(0, 256, (args.batch, 3, 32, 32), dtype=torch.uint8, device=device)
     trainer.run(iter(lambda: pixels, None), args.steps)
     if device.type == "cuda":
@@ -37,7 +39,8 @@ def trial(args: argparse.Namespace) -> None:
 def run_trials(args: argparse.Namespace, concurrent: int) -> dict:
     command = [sys.executable, __file__, "--trial", *(f"--{k}={v}" for k, v in
                (("steps", args.steps), ("width", args.width), ("batch", args.batch),
-                ("iterations", args.iterations), ("device", args.device)))]
+                ("iterations", args.iterations), ("device", args.device))),
+               *(["--cuda-graph"] if args.cuda_graph else [])]
     start, pending, results = time.perf_counter(), list(range(args.trials)), []
     running: list[subprocess.Popen] = []
     while pending or running:
@@ -62,13 +65,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--iterations", type=int, default=4)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--cuda-graph", action="store_true", help="trials replay each step as one CUDA graph")
     parser.add_argument("--trial", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.trial:
         return trial(args)
     one = run_trials(args, 1)
     packed = run_trials(args, args.trials)
-    print(json.dumps({"trials": args.trials, "steps": args.steps, "width": args.width, "batch": args.batch,
+    print(json.dumps({"trials": args.trials, "steps": args.steps, "cuda_graph": args.cuda_graph, "width": args.width, "batch": args.batch,
                       "iterations": args.iterations, "one_at_a_time": one, "packed": packed,
                       "speedup": round(packed["trials_per_hour"] / one["trials_per_hour"], 2)}, indent=2))
 

@@ -8,7 +8,7 @@ iterations, Adam at ``--lr`` with a cosine schedule over the run. Peer: mean ove
 short never reaches, so its rate stays 5e-4. Both draw the same random 32×32 crops from the sample
 photographs (``--data sample``) or a folder of images, seeded alike.
 
-    python benchmarks/peer_recipe.py --images ../shared/data/kodak [--steps 1200] [--width 0.25]
+    python benchmarks/peer_recipe.py --images ../shared/data/kodak [--steps 1200] [--width 0.25] [--cuda-graph]
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def train(recipe: str, args: argparse.Namespace, device: torch.device, test: tor
                 peer_step(model, optimizer, next(batches).to(device), args.iterations)
     else:
         model = RNNCodec(CodecConfig(width=args.width)).to(device)
-        trainer = Trainer(model, TrainConfig(iterations=args.iterations, lr=args.lr, total_steps=args.steps))
+        trainer = Trainer(model, TrainConfig(iterations=args.iterations, lr=args.lr, total_steps=args.steps,
+                                             cuda_graph=args.cuda_graph))
 
         def step(n: int) -> None:
             trainer.run(batches, n)
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4, help="our recipe's peak learning rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--cuda-graph", action="store_true", help="our steps replayed as CUDA graphs (same losses, faster)")
     args = parser.parse_args()
     device = torch.device(args.device)
     test = held_out(args.images, args.test_images, args.crop)

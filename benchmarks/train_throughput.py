@@ -9,9 +9,12 @@ run too, and each variant's share of it reported (FLOPs counted by torch's FlopC
 
 Variants: ``peer``; ``ours`` (as ``rnncodec train`` runs it: fp32); ``ours-bf16`` (bfloat16
 autocast, ``--amp``; fp32 where the CPU has no native bf16: see ``amp``); on CUDA also ``ours-bf16-cl`` (plus channels_last), ``ours-compiled`` (plus
-``torch.compile`` of the network) and ``ours-cudagraphs`` (compiled with
-``mode="reduce-overhead"``: CUDA graphs). The defaults are the paper's size: width 1.0, batch 32,
-4 iterations.
+``torch.compile`` of the network), ``ours-cudagraphs`` (the network compiled with
+``mode="reduce-overhead"``: CUDA graphs of the forward and backward), and ``ours-graphed`` and
+``ours-bf16-graphed`` (``--cuda-graph``: the whole step, optimizer included, replayed as one CUDA
+graph). The defaults are the paper's size: width 1.0, batch 32, 4 iterations. On CUDA the share of
+peak is read against the TF32 matmul peak for fp32 variants (cuDNN convolves fp32 in TF32 by
+default) and the bf16 peak for bf16 ones.
 
     python benchmarks/train_throughput.py [--device cpu|cuda] [--widths 1.0 0.25] [--steps 3] [--rounds 2]
 """
@@ -19,6 +22,7 @@ autocast, ``--amp``; fp32 where the CPU has no native bf16: see ``amp``); on CUD
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import statistics
@@ -36,7 +40,8 @@ from rnncodec.codec.model import CodecConfig, RNNCodec  # noqa: E402
 from rnncodec.codec.training import TrainConfig, Trainer  # noqa: E402
 
 CPU_VARIANTS = ("peer", "ours", "ours-bf16")
-CUDA_VARIANTS = ("peer", "ours", "ours-bf16", "ours-bf16-cl", "ours-compiled", "ours-cudagraphs")
+CUDA_VARIANTS = ("peer", "ours", "ours-graphed", "ours-bf16", "ours-bf16-cl", "ours-bf16-graphed", "ours-compiled",
+                 "ours-cudagraphs")
 
 
 def _sync(device: torch.device) -> None:
@@ -44,18 +49,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak(device: torch.device, size: int, repeats: int = 5) -> float:
-    """fp32 GFLOP/s of a ``size``³ matrix product (TF32 off), best of ``repeats``."""
-    a, b = (torch.randn(size, size, device=device) for _ in range(2))
-    torch.backends.cuda.matmul.allow_tf32 = False
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
+def matmul_peak(device: torch.device, size: int, kind: str = "fp32", repeats: int = 5) -> float:
+    """GFLOP/s of a ``size``³ matrix product, best of ``repeats``: ``kind`` fp32 (TF32 off), tf32 or bf16."""
+    dtype = torch.bfloat16 if kind == "bf16" else torch.float32
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = kind == "tf32"
+    try:
         a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
+        best = float("inf")
+        for _ in range(repeats):
+            _sync(device)
+            start = time.perf_counter()
+            a @ b
+            _sync(device)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
     return 2 * size**3 / best / 1e9
 
 
@@ -67,19 +77,22 @@ def make_step(variant: str, width: float, iterations: int, device: torch.device)
         opt = torch.optim.Adam(model.parameters(), lr=LR)
         return model, lambda pixels: peer_step(model, opt, pixels, iterations), False
     model = RNNCodec(CodecConfig(width=width)).to(device)
-    if variant in ("ours-bf16-cl", "ours-compiled", "ours-cudagraphs"):
+    if variant in ("ours-bf16-cl", "ours-bf16-graphed", "ours-compiled", "ours-cudagraphs"):
         model = model.to(memory_format=torch.channels_last)
     if variant == "ours-compiled":
         model.forward = torch.compile(model.forward)
     if variant == "ours-cudagraphs":  # compiled and replayed as CUDA graphs: fewer kernel launches
         model.forward = torch.compile(model.forward, mode="reduce-overhead")
     trainer = Trainer(model, TrainConfig(iterations=iterations, lr=LR, lr_schedule="none",
-                                         amp=variant != "ours"))
+                                         amp=variant not in ("ours", "ours-graphed"),
+                                         cuda_graph=variant.endswith("-graphed")))
     return model, lambda pixels: trainer.run(iter((pixels,)), 1), trainer.amp
 
 
 def measure(variant: str, width: float, batch: int, iterations: int, steps: int, warmup: int,
             device: torch.device) -> dict:
+    gc.collect()  # the variants before this one must not count in its memory
+    held = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     model, step, amp = make_step(variant, width, iterations, device)
     pixels = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=device)
     start = time.perf_counter()
@@ -106,7 +119,7 @@ def measure(variant: str, width: float, batch: int, iterations: int, steps: int,
             "patch_iterations_per_s": round(batch * iterations / seconds, 1),
             "gflop_per_step": round(counter.get_total_flops() / 1e9, 1),
             "achieved_gflop_per_s": round(counter.get_total_flops() / 1e9 / seconds, 1),
-            **({"peak_memory_mib": round(torch.cuda.max_memory_allocated(device) / 2**20)}
+            **({"peak_memory_mib": round((torch.cuda.max_memory_allocated(device) - held) / 2**20)}
                if device.type == "cuda" else {})}
 
 
@@ -119,7 +132,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every variant")
     parser.add_argument("--widths", type=float, nargs="+", default=[1.0])
-    parser.add_argument("--variants", nargs="+", help="default: peer ours ours-bf16 (CPU); all six (CUDA)")
+    parser.add_argument("--variants", nargs="+", help="default: peer ours ours-bf16 (CPU); all eight (CUDA)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--peak-size", type=int, default=2048)
     args = parser.parse_args()
@@ -128,6 +141,8 @@ def main() -> None:
     device = torch.device(args.device)
     variants = args.variants or (CUDA_VARIANTS if device.type == "cuda" else CPU_VARIANTS)
     peak = matmul_peak(device, args.peak_size)
+    peaks = ({"tf32": matmul_peak(device, args.peak_size, "tf32"), "bf16": matmul_peak(device, args.peak_size, "bf16")}
+             if device.type == "cuda" else {})
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
     records = []
@@ -146,12 +161,14 @@ def main() -> None:
                 records.append(rs[0])
                 continue
             best = max(ok, key=lambda r: r["patch_iterations_per_s"])
+            against = peaks.get("bf16" if best["bf16_autocast"] else "tf32", peak)
             rec = {**best, "patch_iterations_per_s_rounds": [r["patch_iterations_per_s"] for r in ok],
-                   "share_of_matmul_peak": round(best["achieved_gflop_per_s"] / peak, 3)}
+                   "share_of_matmul_peak": round(best["achieved_gflop_per_s"] / against, 3)}
             if base:
                 rec["speedup_vs_peer"] = round(statistics.median(rec["patch_iterations_per_s_rounds"]) / base, 2)
             records.append(rec)
     print(json.dumps({"device": name, "fp32_matmul_peak_gflop_per_s": round(peak, 1),
+                      **{f"{k}_matmul_peak_gflop_per_s": round(v, 1) for k, v in peaks.items()},
                       "peak_matmul_size": args.peak_size, "records": records}, indent=2))
 
 
