@@ -72,7 +72,8 @@ def main() -> None:
         return trial(args)
     one = run_trials(args, 1)
     packed = run_trials(args, args.trials)
-    print(json.dumps({"trials": args.trials, "steps": args.steps, "cuda_graph": args.cuda_graph, "width": args.width, "batch": args.batch,
+    print(json.dumps({"trials": args.trials, "steps": args.steps, "cuda_graph": args.cuda_graph,
+                      "width": args.width, "batch": args.batch,
                       "iterations": args.iterations, "one_at_a_time": one, "packed": packed,
                       "speedup": round(packed["trials_per_hour"] / one["trials_per_hour"], 2)}, indent=2))
 

@@ -92,7 +92,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4, help="our recipe's peak learning rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--cuda-graph", action="store_true", help="our steps replayed as CUDA graphs (same losses, faster)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="our steps replayed as CUDA graphs (same losses, faster)")
     args = parser.parse_args()
     device = torch.device(args.device)
     test = held_out(args.images, args.test_images, args.crop)
