@@ -33,7 +33,7 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float = 5e-4
     weight_decay: float = 0.0
-    lr_schedule: str = "cosine"  # none, cosine over total_steps, or step (÷10 at 2/3 of it)
+    lr_schedule: str = "none"  # none (constant, as the 1zb port), cosine over total_steps, or step (÷10 at 2/3 of it)
     total_steps: int = 1
     grad_clip: float | None = None
     amp: bool = False  # bfloat16 autocast where it runs natively (bf16_native)

@@ -169,8 +169,8 @@ def _add_codec_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="optimizer (default: adam)")
     p.add_argument("--lr", type=positive(float), default=5e-4, help="learning rate (default: 5e-4)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default: 0)")
-    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine",
-                   help="none, cosine over --steps, or step (÷10 at 2/3 of them) (default: cosine)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="none",
+                   help="none (constant), cosine over --steps, or step (÷10 at 2/3 of them) (default: none)")
     p.add_argument("--grad-clip", type=positive(float), default=None, metavar="NORM", help="clip the gradient norm")
     p.add_argument("--activation", choices=ACTIVATIONS, default="none",
                    help="non-linearity after E-Conv and D-Conv 1 (default: none, as the paper)")

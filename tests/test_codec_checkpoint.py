@@ -127,8 +127,8 @@ _MISSING = object()
 @pytest.mark.parametrize("name, value, match", [
     ("decoder.conv_out.weight", _MISSING, r"1 weights missing, e.g. \['decoder.conv_out.weight'\]"),
     ("extra", torch.zeros(1), "1 unknown weights"),
-    ("encoder.conv.bias", [0.0] * 8, r"encoder.conv.bias is \[0.0, .*not a floating-point tensor"),
-    ("encoder.conv.bias", torch.zeros(8, dtype=torch.int64), "not a floating-point tensor"),
+    ("encoder.conv.weight", [0.0] * 8, r"encoder.conv.weight is \[0.0, .*not a floating-point tensor"),
+    ("encoder.conv.weight", torch.zeros(8, 3, 3, 3, dtype=torch.int64), "not a floating-point tensor"),
     # a stride-0 view of one stored value declaring the weight's full shape
     ("encoder.conv.weight", torch.zeros(1).expand(8, 3, 3, 3), "declares 216 values but the file stores fewer"),
 ])
