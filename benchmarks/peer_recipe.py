@@ -2,8 +2,9 @@
 loss, optimizer and schedule) on the same patches, width, batch and number of steps; held-out PSNR
 after each iteration on images neither trained on. Prints JSON with both curves.
 
-Ours: ``RNNCodec`` (additive LSTM, our initialisation) trained by ``Trainer`` with L1 summed over
-iterations, Adam at ``--lr`` with a cosine schedule over the run. Peer: mean over iterations of mean
+Ours: ``RNNCodec`` with its defaults (additive LSTM; since 2026-11-27 tanh/2 per iteration, no biases, the
+output layer randomly initialised) trained by ``Trainer`` with its defaults: L1 summed over iterations, Adam
+at a constant ``--lr``. Peer: mean over iterations of mean
 |residual|, Adam at 5e-4; its MultiStepLR halves at epochs 3, 10, … of its data set, which a run this
 short never reaches, so its rate stays 5e-4. Both draw the same random 32×32 crops from the sample
 photographs (``--data sample``) or a folder of images, seeded alike.
@@ -89,7 +90,7 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=0.25)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--iterations", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=5e-4, help="our recipe's peak learning rate")
+    parser.add_argument("--lr", type=float, default=5e-4, help="our recipe's learning rate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--cuda-graph", action="store_true",
