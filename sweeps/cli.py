@@ -374,8 +374,9 @@ def _add_sweep_commands(sub: argparse._SubParsersAction) -> None:
 
     q = cmds.add_parser("report", help="results CSV, figures and summary of a sweep",
                         description="Write results.csv, validation curves by batch size and by training-set size "
-                        "(mean with 95%% band across repeats), a grid of original/reconstructed validation "
-                        "images from each configuration's best checkpoint, and summary.md.")
+                        "(mean with 95% band across repeats), reconstructions by each configuration's best "
+                        "checkpoint (of a held-out photograph through the real codec when the data are "
+                        "photographs, else of validation images), and summary.md.")
     q.add_argument("path", metavar="PATH", help="the sweep folder STORAGE/NAME (or its URI)")
     q.add_argument("--out", help="report folder (default: PATH/report)")
     q.add_argument("--images", metavar="DIR", help="also plot rate–distortion of each configuration's best "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -292,32 +293,93 @@ def _rd_curves(out: Path, spec: Sweep, trials: list[dict[str, Any]], fs: pafs.Fi
     return [p.name for p in rd_plots.rd_plot(results, anchors, out, title=f"{spec.name}: best checkpoints")]
 
 
+PHOTO_SIDE = 384  # reconstructions.png shows the held-out photograph's centre, at most this many pixels a side
+PHOTO_PANELS = 8
+
+
 def _reconstructions(path: Path, spec: Sweep, trials, data_location: str, fs: pafs.FileSystem, count: int = 8) -> bool:
-    """Originals and, per configuration (its best repeat's best checkpoint), reconstructions."""
+    """Per configuration (its best repeat's best checkpoint), reconstructions of held-out data: of the
+    first validation photograph through the real codec (``compress_progressive`` of its centre) when the
+    data are photographs, else of ``count`` validation images (CIFAR's are whole images)."""
+    from rnncodec.data.photos import held_out_photos
+    from rnncodec.data.remote import resolve
+    from rnncodec.data.shards import read_manifest
+
+    chosen = [(label, t["params"]["iterations"], folder)
+              for label, (t, folder) in sorted(best_per_configuration(spec, trials).items())]
+    try:
+        photos = held_out_photos(read_manifest(resolve(data_location)))
+    except RnncodecError:
+        return False
+    if photos:
+        return _photo_figure(path, photos[0], chosen[: PHOTO_PANELS - 1], fs)
+    return _patch_figure(path, chosen[:12], data_location, count, fs)
+
+
+def _models(chosen: list[tuple[str, int, str]], fs: pafs.FileSystem) -> Iterator[tuple[str, int, Any]]:
+    """(label, iterations, model) of each readable checkpoint, loaded one at a time."""
+    from rnncodec.codec.checkpoint import model_from_state
+
+    for label, iterations, folder in chosen:
+        try:
+            model = model_from_state(read_state(fs, folder)["model"], folder)
+        except RnncodecError:
+            continue
+        yield label, iterations, model
+
+
+def _photo_figure(path: Path, photo: tuple[str, Any], chosen: list[tuple[str, int, str]], fs: pafs.FileSystem) -> bool:
+    from matplotlib.figure import Figure
+
+    from rnncodec.codec.bitstream import compress_progressive
+    from rnncodec.codec.metrics import psnr
+    from rnncodec.evaluation.rd import center_crop, file_bpp
+
+    name, image = photo
+    crop = center_crop(image, PHOTO_SIDE)
+    pixels = crop.shape[0] * crop.shape[1]
+    panels = [(f"held-out photograph {name}\n(original, centre {crop.shape[1]}×{crop.shape[0]})", crop)]
+    for label, iterations, model in _models(chosen, fs):
+        data, recs = compress_progressive(model, crop, iterations)
+        title = (f"{label.replace(', ', chr(10))}\n{iterations} iterations: {file_bpp(data, pixels):.3f} bpp, "
+                 f"{psnr(crop, recs[-1]):.1f} dB")
+        panels.append((title, recs[-1]))
+    if len(panels) == 1:
+        return False
+    columns = min(4, len(panels))
+    rows = -(-len(panels) // columns)
+    h, w = crop.shape[:2]
+    fig = Figure(figsize=(columns * w / 100, rows * (h / 100 + 0.6)))
+    axes = list(fig.subplots(rows, columns, squeeze=False).flat)
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, (title, shown) in zip(axes, panels):
+        ax.imshow(shown, interpolation="nearest")
+        ax.set_title(title, fontsize=7)
+    _save_figure(path, fig)
+    return True
+
+
+def _patch_figure(path: Path, chosen: list[tuple[str, int, str]], data_location: str, count: int,
+                  fs: pafs.FileSystem) -> bool:
     import torch
     from matplotlib.figure import Figure
 
-    from rnncodec.codec.checkpoint import model_from_state
     from rnncodec.codec.options import BPP_PER_ITERATION
     from rnncodec.codec.training import evaluate
     from rnncodec.data.images import image_grid
     from rnncodec.data.reader import open_split
     from rnncodec.sweeps.trainable import spread
 
-    chosen = best_per_configuration(spec, trials)
     try:
         with open_split(data_location, "val", verify_sha256=False) as reader:
             pixels = torch.from_numpy(reader.images(spread(count, len(reader))))
     except RnncodecError:
         return False
     labels, rows_ = ["original"], [pixels.numpy()]
-    for label, (t, folder) in sorted(chosen.items())[:12]:
-        try:
-            model = model_from_state(read_state(fs, folder)["model"], folder)
-        except RnncodecError:
-            continue
-        recon = evaluate(model, pixels, t["params"]["iterations"], keep=count)["reconstructions"]
-        labels.append(f"{label.replace(', ', chr(10))}\n{BPP_PER_ITERATION * t['params']['iterations']:g} bpp")
+    for label, iterations, model in _models(chosen, fs):
+        recon = evaluate(model, pixels, iterations, keep=count)["reconstructions"]
+        labels.append(f"{label.replace(', ', chr(10))}\n{BPP_PER_ITERATION * iterations:g} bpp")
         rows_.append(recon[-1].numpy())
     if len(rows_) == 1:
         return False

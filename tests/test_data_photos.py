@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from rnncodec import data
-from rnncodec.data.photos import hardest, sample_source, tile
+from rnncodec.data.photos import hardest, held_out_photos, sample_source, tile
+from rnncodec.data.shards import read_manifest
 
 
 def test_tiles_are_the_non_overlapping_32x32_blocks():
@@ -63,6 +64,28 @@ def test_folder_source_tiles_every_photo_and_keeps_val_apart(tmp_path):
         last = len(train) - 1
         photo = np.asarray(Image.open(tmp_path / "photos" / train.column("source")[last]).convert("RGB"))
         assert np.array_equal(train.images([last])[0], tile(photo)[train.column("index")[last]])
+
+
+def test_held_out_photos_are_read_back_from_where_they_were_prepared_and_only_from_there(tmp_path):
+    write_photos(tmp_path / "photos")
+    folder = data.prepare("folder:" + str(tmp_path / "photos"), cache_dir=tmp_path / "cache", val_fraction=0.3)
+    manifest = read_manifest(folder)
+    ((name, image),) = held_out_photos(manifest)
+    assert name in manifest["source"]["photos"]["val"]
+    assert np.array_equal(image, np.asarray(Image.open(tmp_path / "photos" / name).convert("RGB")))
+    (tmp_path / "secret.png").write_bytes((tmp_path / "photos" / "a.png").read_bytes())
+    manifest["source"]["photos"]["val"] = ["../secret.png", "gone.png"]
+    assert held_out_photos(manifest) == []  # outside the prepared folder, or missing: skipped
+    assert held_out_photos({"params": {"fingerprint": {"files": "cifar"}}}) == []
+
+
+def test_the_sample_sources_held_out_photo_is_the_scikit_image_file():
+    source = sample_source()
+    manifest = {"params": {"fingerprint": source.fingerprint}, "source": source.describe()}
+    ((name, image),) = held_out_photos(manifest)
+    assert image.shape[2] == 3 and name in {source.names[i] for i in source.members["val"]}
+    manifest["params"]["fingerprint"]["sample"] = [[n, size + 1] for n, size in source.fingerprint["sample"]]
+    assert held_out_photos(manifest) == []  # a photo of another size is not the one prepared
 
 
 def test_folder_hard_patches_keep_k_per_photo(tmp_path):
