@@ -350,7 +350,9 @@ class RNNCodec(nn.Module):
         """One decoder iteration: codes bₜ → reconstruction x̂ₜ; updates ``state`` in place."""
         # The encoder's codes may come channels-last (from a permuted input, or the matrix-product
         # convolution); the decoder must see the layout decompress gives it, or its sums differ.
-        out = self.decoder(b.contiguous(), state["rnn"])
+        # Under bf16 autocast the decoder's output is bf16; x̂ is summed in fp32, as bf16 resolves x̂ ≈ ±0.4
+        # only to 2⁻⁹ (half a grey level) and would round away the small increments of late iterations.
+        out = self.decoder(b.contiguous(), state["rnn"]).float()
         x_hat, gain = state["x_hat"], state["gain"]
         if self.config.mode == "one-shot":
             x_hat = out / 2

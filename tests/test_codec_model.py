@@ -253,6 +253,15 @@ def test_bf16_autocast_runs_where_the_cpu_has_it_and_still_learns():
     assert all(map(math.isfinite, curves[True])) and bf16 < 0.8 * curves[True][0] and bf16 < 1.15 * fp32, (fp32, bf16, curves[True][0])
 
 
+def test_under_bf16_autocast_the_reconstruction_is_summed_in_fp32():
+    model = RNNCodec(CodecConfig(width=0.125)).eval()
+    x = torch.rand(2, 3, 32, 32) - 0.5
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, 4)
+    # bf16 holds x̂ ≈ 0.4 to 2⁻⁹, half a grey level: late iterations' increments would be rounded away
+    assert all(x_hat.dtype == torch.float32 for x_hat in out["x_hat"])
+
+
 @pytest.mark.parametrize("cin,cout,k,stride,side,bias,product", [
     (256, 64, 3, 2, 4, True, True), (256, 32, 3, 1, 2, False, True), (2048, 16, 1, 1, 4, True, True),
     (256, 16, 3, 2, 8, True, True), (256, 8, 3, 1, 3, True, True),  # odd side
