@@ -14,7 +14,10 @@ the timed sample image and the others are reported apart; ``projected_s`` is a r
 the same figures. ``cpu_kernels``: ``compress_progressive`` of the first image at the largest k,
 interleaved ``--repeats`` times, with ``torch.tanh`` or the model's sigmoid-based ``tanh``, and with
 blocks above 32 MB mapped afresh (glibc's default at most) or freed blocks kept for reuse
-(``codec.allocator``, as ``rnncodec eval`` sets it); best and median seconds. ``ms_ssim``: one Kodak image against its 19 JPEG reconstructions (qualities 5..95),
+(``codec.allocator``, as ``rnncodec eval`` sets it); best and median seconds. ``codec_floor``: the
+FLOPs of the network's forward pass at the largest k on the first image, its best time and this run's
+fp32 matmul peak (``train_throughput.matmul_peak``): ``floor_s`` is ``--project`` images' forward passes
+at that peak, which no fp32 implementation of the model beats. ``ms_ssim``: one Kodak image against its 19 JPEG reconstructions (qualities 5..95),
 median of ``--repeats`` runs, seconds per reconstruction. The load average is recorded before and
 after: timings on a shared machine are only as good as its idleness. Prints one JSON object.
 """
@@ -35,10 +38,15 @@ from unittest import mock
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_throughput import matmul_peak
 
 from rnncodec.codec import compress_progressive, load_checkpoint
 from rnncodec.codec import model as model_module
 from rnncodec.codec.allocator import reuse_freed_memory
+from rnncodec.codec.image import pad_to_stride, to_input
 from rnncodec.codec.metrics import ms_ssim, ms_ssim_against, ms_ssim_db, psnr
 from rnncodec.evaluation import rd
 from rnncodec.evaluation.baselines import QUALITIES, encode_decode, parse_baselines
@@ -125,6 +133,26 @@ def cpu_kernels(model: Any, image: np.ndarray, iterations: int, repeats: int) ->
     return out
 
 
+def codec_floor(model: Any, image: np.ndarray, iterations: int, repeats: int, project: int) -> dict[str, Any]:
+    """How close the codec's network runs to this CPU's limit: the FLOPs of one forward pass at the
+    largest k on the (padded) image, its best time, and the same run's fp32 matmul peak; ``floor_s`` is
+    ``project`` images' forward passes at that peak (what no fp32 implementation of this model beats)."""
+    x = pad_to_stride(to_input(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]))
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as counter:
+            model(x, iterations)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x, iterations)
+            best = min(best, time.perf_counter() - start)
+    flops = counter.get_total_flops()
+    peak = matmul_peak(torch.device("cpu"), 2048) * 1e9
+    return {"gflop_per_image": flops / 1e9, "forward_best_s": best, "achieved_gflop_per_s": flops / best / 1e9,
+            "matmul_peak_gflop_per_s": peak / 1e9, "share_of_matmul_peak": flops / best / peak,
+            "floor_s": project * flops / peak, "forward_s_projected": project * best}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--kodak", type=Path, default=ROOT.parent / "shared" / "data" / "kodak", help="Kodak folder")
@@ -173,6 +201,8 @@ def main() -> int:
     out["quality"] = _same_quality(runs["new"]["result"], runs["old"]["result"])
     out["ms_ssim"] = ms_ssim_per_call(images[0][1], args.repeats)
     out["cpu_kernels"] = cpu_kernels(model, images[0][1], rd.parse_iterations(args.iterations)[-1], args.repeats)
+    out["codec_floor"] = codec_floor(model, images[0][1], rd.parse_iterations(args.iterations)[-1], args.repeats,
+                                     args.project)
     out["load_average_after"] = os.getloadavg()
     print(json.dumps(out, indent=2, default=float))
     return 0
