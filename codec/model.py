@@ -196,7 +196,7 @@ class ConvLSTMCell(nn.Module):
         self.conv_h = Conv2d(hidden, 4 * hidden, hidden_kernel, 1, hidden_kernel // 2, bias=False)
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Any]:
-        gates = self.conv_x(x)
+        gates = self.conv_x(x).float()  # under bf16 autocast the state stays fp32 (see RNNCodec.decode_step)
         if state is not None:  # the first iteration's state is zero: skip its convolution
             gates = gates + self.conv_h(state[0])
         ifo, g = gates.split([3 * gates.shape[1] // 4, gates.shape[1] // 4], dim=1)
@@ -219,7 +219,7 @@ class ConvGRUCell(nn.Module):
         self.conv_hn = Conv2d(hidden, hidden, hidden_kernel, 1, hidden_kernel // 2, bias=False)
 
     def forward(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Any]:
-        gx = self.conv_x(x)
+        gx = self.conv_x(x).float()
         zr_x, n_x = gx.split([2 * gx.shape[1] // 3, gx.shape[1] // 3], dim=1)
         if state is None:  # zero state: h' = (1 - z) * n
             z = torch.sigmoid(zr_x[:, : n_x.shape[1]])

@@ -253,13 +253,18 @@ def test_bf16_autocast_runs_where_the_cpu_has_it_and_still_learns():
     assert all(map(math.isfinite, curves[True])) and bf16 < 0.8 * curves[True][0] and bf16 < 1.15 * fp32, (fp32, bf16, curves[True][0])
 
 
-def test_under_bf16_autocast_the_reconstruction_is_summed_in_fp32():
-    model = RNNCodec(CodecConfig(width=0.125)).eval()
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_under_bf16_autocast_the_reconstruction_and_the_cell_states_stay_fp32(cell):
+    model = RNNCodec(CodecConfig(width=0.125, cell=cell)).eval()
     x = torch.rand(2, 3, 32, 32) - 0.5
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x, 4)
+        rnn = model.decoder.rnns[0]
+        _, state = rnn(torch.randn(1, rnn.conv_x.in_channels, 2, 2), None)
+        _, state = rnn(torch.randn(1, rnn.conv_x.in_channels, 2, 2), state)
     # bf16 holds x̂ ≈ 0.4 to 2⁻⁹, half a grey level: late iterations' increments would be rounded away
     assert all(x_hat.dtype == torch.float32 for x_hat in out["x_hat"])
+    assert all(s.dtype == torch.float32 for s in (state if cell == "lstm" else [state]))
 
 
 @pytest.mark.parametrize("cin,cout,k,stride,side,bias,product", [
