@@ -178,26 +178,26 @@ def held_out_photos(manifest: dict, limit: int = 1) -> list[tuple[str, np.ndarra
     """The first ``limit`` validation photographs of a prepared photo dataset (``sample`` or a folder), read
     from where they were prepared, as (name, H×W×3 uint8); [] for other sources or when they are gone.
     Only files inside that folder and unchanged in size are read: the manifest says which ones."""
-    fingerprint = manifest.get("params", {}).get("fingerprint", {})
-    names = manifest.get("source", {}).get("photos", {}).get("val", [])
     try:
+        fingerprint = manifest["params"]["fingerprint"]
+        names = [str(n) for n in manifest["source"]["photos"]["val"]]
         if "sample" in fingerprint:
-            folder, sizes = _skimage_data_dir(), dict(map(tuple, fingerprint["sample"]))
+            folder, sizes = _skimage_data_dir(), {str(n): size for n, size in fingerprint["sample"]}
         elif "folder" in fingerprint:
             folder, sizes = Path(fingerprint["folder"]), None
         else:
             return []
-    except (DataError, TypeError, ValueError):
+    except (DataError, KeyError, TypeError, ValueError):
         return []
     found = []
     for name in names:
-        path = (folder / str(name)).resolve()
+        path = (folder / name).resolve()
         if not path.is_relative_to(folder.resolve()) or not path.is_file():
             continue
         if sizes is not None and sizes.get(name) != path.stat().st_size:
             continue
         try:
-            found.append((str(name), load_image(path)))
+            found.append((name, load_image(path)))
         except DataError:
             continue
         if len(found) == limit:

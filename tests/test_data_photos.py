@@ -77,6 +77,9 @@ def test_held_out_photos_are_read_back_from_where_they_were_prepared_and_only_fr
     manifest["source"]["photos"]["val"] = ["../secret.png", "gone.png"]
     assert held_out_photos(manifest) == []  # outside the prepared folder, or missing: skipped
     assert held_out_photos({"params": {"fingerprint": {"files": "cifar"}}}) == []
+    for hostile in ({"params": []}, {"params": {"fingerprint": {"sample": 5}}, "source": {"photos": {"val": ["a"]}}},
+                    {**manifest, "source": {"photos": {"val": 7}}}):
+        assert held_out_photos(hostile) == []
 
 
 def test_the_sample_sources_held_out_photo_is_the_scikit_image_file():
