@@ -85,8 +85,11 @@ def ms_ssim_with(x: Tensor, y: Tensor, data_range: float, cfg: MSSSIMConfig) -> 
             x = F.avg_pool2d(x, 2, padding=pad)
             y = F.avg_pool2d(y, 2, padding=pad)
     values.append(torch.relu(ssim))
-    weights = x.new_tensor(cfg.weights).view(-1, 1, 1)
-    return torch.prod(torch.stack(values) ** weights, dim=0).mean(1)
+    # Python-float exponents: a tensor made from cfg.weights is a host-to-device copy, refused in CUDA graph capture
+    product = values[0] ** cfg.weights[0]
+    for value, weight in zip(values[1:], cfg.weights[1:]):
+        product = product * value ** weight
+    return product.mean(1)
 
 
 def ms_ssim(x: Tensor, y: Tensor, data_range: float = 255.0) -> Tensor:

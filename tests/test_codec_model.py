@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from rnncodec.codec import CELLS, MODES, CodecConfig, CodecError, RNNCodec, train_step
 from rnncodec.codec.model import Binarizer, Conv2d, ConvGRUCell, tanh
+from rnncodec.codec.options import LOSSES
 
 
 def test_paper_size_lstm_has_the_published_parameter_count():
@@ -236,6 +236,21 @@ def test_a_graphed_step_learns_follows_the_schedule_and_takes_other_batch_shapes
     eager = Trainer(RNNCodec(CodecConfig(width=0.125)).cuda(), TrainConfig(iterations=2, total_steps=150))
     eager.load_state_dict(trainer.state_dict())
     assert isinstance(eager.optimizer.param_groups[0]["lr"], float) and eager.lr == pytest.approx(3e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_loss_trains_under_a_cuda_graph_as_it_does_eagerly(loss):
+    """ms-ssim once failed capture (a tensor built from Python floats is a host-to-device copy)."""
+    from rnncodec.codec.training import TrainConfig, Trainer
+
+    runs = []
+    for graph in (False, True):
+        torch.manual_seed(0)
+        trainer = Trainer(RNNCodec(CodecConfig(width=0.125)).cuda(),
+                          TrainConfig(iterations=2, loss=loss, total_steps=4, cuda_graph=graph))
+        runs.append(trainer.run(iter([_smooth_batch()] * 4), 4))
+    assert runs[1] == pytest.approx(runs[0], rel=1e-4, abs=1e-5)
 
 
 def test_bf16_autocast_runs_where_the_cpu_has_it_and_still_learns():
