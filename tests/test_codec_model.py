@@ -268,7 +268,7 @@ def test_bf16_autocast_runs_where_the_cpu_has_it_and_still_learns():
     assert all(map(math.isfinite, curves[True])) and bf16 < 0.8 * curves[True][0] and bf16 < 1.15 * fp32, (fp32, bf16, curves[True][0])
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_under_bf16_autocast_the_reconstruction_and_the_cell_states_stay_fp32(cell):
     model = RNNCodec(CodecConfig(width=0.125, cell=cell)).eval()
     x = torch.rand(2, 3, 32, 32) - 0.5
