@@ -21,7 +21,7 @@ from rnncodec.codec.image import to_input, to_pixels
 from rnncodec.codec.losses import codec_loss
 from rnncodec.codec.metrics import ms_ssim
 from rnncodec.codec.model import RNNCodec
-from rnncodec.codec.options import LOSSES, LR_SCHEDULES, MAX_ITERATIONS, OPTIMIZERS
+from rnncodec.codec.options import LOSS_GROWTH_RANGE, LOSSES, LR_SCHEDULES, MAX_TRAIN_ITERATIONS, OPTIMIZERS
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class TrainConfig:
 
     iterations: int = 8
     loss: str = "l1"
+    loss_growth: float = 1.0  # iteration t's loss term weighs loss_growth ** (t - 1) (losses.codec_loss)
     optimizer: str = "adam"
     lr: float = 5e-4
     weight_decay: float = 0.0
@@ -45,8 +46,12 @@ class TrainConfig:
                                      ("lr_schedule", self.lr_schedule, LR_SCHEDULES)):
             if value not in options:
                 raise CodecError(f"{name} {value!r} is not one of {', '.join(options)}")
-        if not 1 <= self.iterations <= MAX_ITERATIONS:
-            raise CodecError(f"iterations must be in 1..{MAX_ITERATIONS}, got {self.iterations}")
+        if not 1 <= self.iterations <= MAX_TRAIN_ITERATIONS:
+            raise CodecError(f"iterations must be in 1..{MAX_TRAIN_ITERATIONS}, got {self.iterations}")
+        low, high = LOSS_GROWTH_RANGE
+        if not low <= self.loss_growth <= high:
+            raise CodecError(f"loss_growth {self.loss_growth} is outside [{low:g}, {high:g}]; 1 weighs every "
+                             "iteration alike")
         if self.total_steps < 1 or not self.lr > 0:
             raise CodecError("total_steps and lr must be positive")
         if self.cuda_graph and self.optimizer == "sgd":
@@ -81,7 +86,7 @@ def _autocast(device: torch.device, amp: bool, cache: bool = True) -> contextlib
 
 
 def _step(model: RNNCodec, optimizer: torch.optim.Optimizer, pixels: Tensor, iterations: int, loss: str,
-          amp: bool, grad_clip: float | None, cache: bool = True) -> Tensor:
+          amp: bool, grad_clip: float | None, cache: bool = True, loss_growth: float = 1.0) -> Tensor:
     device = _device(model)
     x = to_input(pixels.to(device, non_blocking=True))
     if next(model.parameters()).is_contiguous(memory_format=torch.channels_last) and x.shape[-1] > 1:
@@ -89,7 +94,7 @@ def _step(model: RNNCodec, optimizer: torch.optim.Optimizer, pixels: Tensor, ite
     model.train()
     with _autocast(device, amp, cache):
         out = model(x, iterations)
-        value = codec_loss(loss, x, {k: [t.float() for t in v] for k, v in out.items()})
+        value = codec_loss(loss, x, {k: [t.float() for t in v] for k, v in out.items()}, loss_growth)
     optimizer.zero_grad(set_to_none=True)
     value.backward()
     if grad_clip is not None:
@@ -99,13 +104,14 @@ def _step(model: RNNCodec, optimizer: torch.optim.Optimizer, pixels: Tensor, ite
 
 
 def train_step(model: RNNCodec, optimizer: torch.optim.Optimizer, pixels: Tensor, iterations: int,
-               loss: str = "l1", *, amp: bool = False, grad_clip: float | None = None) -> float:
+               loss: str = "l1", *, amp: bool = False, grad_clip: float | None = None,
+               loss_growth: float = 1.0) -> float:
     """Forward, backward and optimizer step on a uint8 N×3×H×W batch; returns the loss.
 
     ``amp`` runs the forward pass under bfloat16 autocast (no loss scaling needed). A model
     converted with ``model.to(memory_format=torch.channels_last)`` gets channels-last input.
     """
-    return _step(model, optimizer, pixels, iterations, loss, amp, grad_clip).item()
+    return _step(model, optimizer, pixels, iterations, loss, amp, grad_clip, loss_growth=loss_growth).item()
 
 
 class GraphedStep:
@@ -129,7 +135,8 @@ class GraphedStep:
 
     def _eager(self, pixels: Tensor, cache: bool = True) -> Tensor:
         c = self.config
-        return _step(self.model, self.optimizer, pixels, c.iterations, c.loss, self.amp, c.grad_clip, cache)
+        return _step(self.model, self.optimizer, pixels, c.iterations, c.loss, self.amp, c.grad_clip, cache,
+                     c.loss_growth)
 
     def __call__(self, pixels: Tensor) -> float:
         if self.graph is None and self.warm < self.WARMUP:
@@ -182,7 +189,8 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         self._train_step = (GraphedStep(model, self.optimizer, config, self.amp) if self.graphed else
                             lambda pixels: train_step(model, self.optimizer, pixels, config.iterations, config.loss,
-                                                      amp=self.amp, grad_clip=config.grad_clip))
+                                                      amp=self.amp, grad_clip=config.grad_clip,
+                                                      loss_growth=config.loss_growth))
         self.steps, self.samples_seen, self.train_time = 0, 0, 0.0
 
     def _lr_kind(self) -> None:

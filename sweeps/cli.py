@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rnncodec.codec.options import ACTIVATIONS, CELLS, LOSSES, LR_SCHEDULES, MAX_ITERATIONS, MODES, OPTIMIZERS
+from rnncodec.codec.options import ACTIVATIONS, CELLS, LOSSES, LR_SCHEDULES, MAX_ITERATIONS, MAX_TRAIN_ITERATIONS, MODES, OPTIMIZERS
 from rnncodec.data.errors import RnncodecError
 from rnncodec.data.sources import SOURCES
 
@@ -33,11 +33,15 @@ def positive(kind: type) -> Callable[[str], Any]:
     return parse
 
 
-def _iterations(text: str) -> int:
+def _iterations(text: str, most: int = MAX_ITERATIONS) -> int:
     value = positive(int)(text)
-    if value > MAX_ITERATIONS:
-        raise argparse.ArgumentTypeError(f"must be in 1..{MAX_ITERATIONS} (0.125 bpp each)")
+    if value > most:
+        raise argparse.ArgumentTypeError(f"must be in 1..{most} (0.125 bpp each)")
     return value
+
+
+def _train_iterations(text: str) -> int:
+    return _iterations(text, MAX_TRAIN_ITERATIONS)
 
 
 def _qualities(text: str) -> tuple[int, ...]:
@@ -91,7 +95,7 @@ def _train(args: argparse.Namespace) -> int:
                                  gain_growth=args.gain_growth))
     fresh = warm_start(model, args.init) if args.init else []
     trainer = Trainer(model.to(device), TrainConfig(
-        iterations=args.iterations, loss=args.loss, optimizer=args.optimizer, lr=args.lr,
+        iterations=args.iterations, loss=args.loss, loss_growth=args.loss_growth, optimizer=args.optimizer, lr=args.lr,
         weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, total_steps=args.steps,
         grad_clip=args.grad_clip, amp=args.amp, deterministic=args.deterministic, cuda_graph=args.cuda_graph))
     params = sum(p.numel() for p in model.parameters())
@@ -162,10 +166,15 @@ def _add_codec_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=MODES, default="additive", help="reconstruction mode (default: additive)")
     p.add_argument("--width", type=positive(float), default=0.25,
                    help="channel multiplier; 1 is the paper's 35M-parameter model (default: 0.25, CPU-friendly)")
-    p.add_argument("--iterations", type=_iterations, default=8, help="iterations per patch, 0.125 bpp each (default: 8)")
+    p.add_argument("--iterations", type=_train_iterations, default=8,
+                   help=f"iterations per patch, 0.125 bpp each; up to {MAX_TRAIN_ITERATIONS}, past the {MAX_ITERATIONS} "
+                   f"a file holds, so that iteration {MAX_ITERATIONS} is not the last one trained (default: 8)")
     p.add_argument("--batch-size", type=positive(int), default=32, help="patches per step (default: 32)")
     p.add_argument("--steps", type=positive(int), default=500, help="optimizer steps (default: 500)")
     p.add_argument("--loss", choices=LOSSES, default="l1", help="training loss (default: l1, the paper's)")
+    p.add_argument("--loss-growth", type=float, default=1.0, metavar="G",
+                   help="weigh iteration t's loss term by G**(t-1), the weights summing to the iteration count "
+                   "(0.5..2; default: 1, all alike). G > 1 gives the late iterations more of the gradient")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="optimizer (default: adam)")
     p.add_argument("--lr", type=positive(float), default=5e-4, help="learning rate (default: 5e-4)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default: 0)")

@@ -30,6 +30,7 @@ from rnncodec.codec.options import (
     CELLS,
     LOSSES,
     LR_SCHEDULES,
+    LOSS_GROWTH_RANGE,
     MAX_GAIN_GROWTH,
     MAX_ITERATIONS,
     MODES,
@@ -121,6 +122,8 @@ TRAIN: dict[str, tuple[Any, Callable[[str, Any], Any], str]] = {
     "weight_decay": (0.0, _float(0, 1), "weight decay"),
     "lr_schedule": ("none", _choice(LR_SCHEDULES), "none, cosine over the run, or step (÷10 at 2/3 of it)"),
     "loss": ("l1", _choice(LOSSES), "training loss"),
+    "loss_growth": (1.0, _float(*LOSS_GROWTH_RANGE), "iteration t's loss term weighs loss_growth^(t-1) (the weights "
+                    "sum to the iteration count); 1 = all alike, > 1 favours the late iterations"),
     "iterations": (1, _int(1, MAX_ITERATIONS), "codec iterations, 0.125 bpp each"),
     "cell": ("lstm", _choice(CELLS), "recurrent cell"),
     "reconstruction": ("additive", _choice(MODES), "reconstruction mode"),
@@ -332,7 +335,7 @@ class Sweep:
 
 # Parameters added after sweeps had run: left out of a trial's identity at these defaults, so that
 # sweeps started before them keep their trial keys and seeds (and resume).
-_ADDED = {"val_probes": 0, "gain_growth": 1.0, "cuda_graph": False}
+_ADDED = {"val_probes": 0, "gain_growth": 1.0, "cuda_graph": False, "loss_growth": 1.0}
 
 
 def _identity(params: dict[str, Any], repeat: int) -> bytes:

@@ -48,8 +48,10 @@ def test_width_scales_every_channel_count_but_the_code_bits():
 def test_inputs_and_configurations_are_checked():
     with pytest.raises(CodecError, match="multiples of 16"):
         RNNCodec(CodecConfig(width=0.125))(torch.zeros(1, 3, 30, 32), 1)
-    with pytest.raises(CodecError, match="iterations must be in 1..16"):
-        RNNCodec(CodecConfig(width=0.125))(torch.zeros(1, 3, 32, 32), 17)
+    with pytest.raises(CodecError, match="iterations must be in 1..24"):
+        RNNCodec(CodecConfig(width=0.125))(torch.zeros(1, 3, 32, 32), 25)
+    # training may run past the 16 iterations a file holds
+    assert len(RNNCodec(CodecConfig(width=0.125))(torch.zeros(1, 3, 32, 32), 20)["codes"]) == 20
     with pytest.raises(CodecError, match="cell 'rnn' is not one of lstm, gru"):
         CodecConfig(cell="rnn")
     with pytest.raises(CodecError, match="unknown codec configuration keys"):
@@ -175,6 +177,25 @@ def test_psnr_loss_is_the_negative_sum_of_each_iterations_psnr_and_trains():
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = [train_step(model, optimizer, pixels, iterations=2, loss="psnr") for _ in range(150)]
     assert sum(losses[-10:]) / 10 < losses[0] - 2 * 3.0, (losses[0], losses[-10:])  # ≥ 3 dB per iteration
+
+def test_loss_growth_weighs_later_iterations_more_and_keeps_the_total_weight():
+    from rnncodec.codec.losses import codec_loss, iteration_weights
+    from rnncodec.codec.training import TrainConfig, Trainer
+
+    weights = iteration_weights(16, 1.25)
+    assert sum(weights) == pytest.approx(16) and weights[15] / weights[0] == pytest.approx(1.25 ** 15)
+    assert iteration_weights(3) == [1.0, 1.0, 1.0]
+    x = torch.zeros(2, 3, 32, 32)
+    out = {"residuals": [torch.full_like(x, 0.2), torch.full_like(x, -0.1)]}
+    assert codec_loss("l1", x, out, 1.0).item() == pytest.approx(0.3)
+    assert codec_loss("l1", x, out, 2.0).item() == pytest.approx(2 / 3 * 0.2 + 4 / 3 * 0.1)
+    with pytest.raises(CodecError, match=r"loss_growth 3 is outside \[0.5, 2\]"):
+        TrainConfig(loss_growth=3)
+    model = RNNCodec(CodecConfig(width=0.125))
+    trainer = Trainer(model, TrainConfig(iterations=2, loss_growth=1.5, lr=3e-3, total_steps=60))
+    pixels = _smooth_batch()
+    losses = trainer.run(iter(lambda: pixels, None), 60)
+    assert sum(losses[-5:]) / 5 < 0.8 * losses[0], (losses[0], losses[-5:])
 
 
 def test_trainer_builds_the_configured_optimizer_schedule_and_determinism():

@@ -74,8 +74,10 @@ def test_seed_derives_from_configuration_and_repeat():
     assert trial_seed(p, 0) == trial_seed(dict(reversed(p.items())), 0)
     assert trial_seed(p, 0) != trial_seed(p, 1) != trial_seed({**p, "batch_size": 16}, 1)
     assert trial_key(p, 0) == trial_key(p, 0) and len(trial_key(p, 0)) == 12
-    # val_probes, gain_growth and cuda_graph (added later) at their defaults leave the keys and seeds of older sweeps
-    for added, default, other in (("val_probes", 0, 2), ("gain_growth", 1.0, 1.1), ("cuda_graph", False, True)):
+    # val_probes, gain_growth, cuda_graph and loss_growth (added later) at their defaults leave the keys and seeds
+    # of older sweeps
+    for added, default, other in (("val_probes", 0, 2), ("gain_growth", 1.0, 1.1), ("cuda_graph", False, True),
+                                  ("loss_growth", 1.0, 1.3)):
         assert trial_key({**p, added: default}, 0) == trial_key(p, 0) != trial_key({**p, added: other}, 0)
         assert trial_seed({**p, added: default}, 0) == trial_seed(p, 0)
 
@@ -88,6 +90,7 @@ def test_seed_derives_from_configuration_and_repeat():
         (minimal(fixed={"cell": "lstn"}), ["fixed.cell", "'lstn'", "lstm, gru"]),
         (minimal(fixed={"loss": "ssim"}), ["fixed.loss", "l1, mse, psnr, ms-ssim"]),
         (minimal(fixed={"gain_growth": 0.9}), ["fixed.gain_growth", "out of range"]),
+        (minimal(fixed={"loss_growth": 3}), ["fixed.loss_growth", "out of range"]),
         (minimal(fixed={"gain_growth": 1.1}, axes={"reconstruction": ["additive", "one-shot"]}),
          ["gain_growth", "one-shot", "leave gain_growth at 1"]),
         (minimal(fixed={"cuda_graph": True}, axes={"optimizer": ["adam", "sgd"]}),
