@@ -27,7 +27,7 @@ from rnncodec.codec.options import (
     MAX_BITS,
     MAX_CHANNELS,
     MAX_GAIN_GROWTH,
-    MAX_ITERATIONS,
+    MAX_TRAIN_ITERATIONS,
     MAX_KERNEL,
     MAX_WIDTH,
     MODES,
@@ -374,8 +374,8 @@ class RNNCodec(nn.Module):
         ``x_hat`` (reconstructions), ``codes`` (±1, N×bits×H/16×W/16), ``residuals`` (x − x̂ₜ)."""
         if x.shape[2] % STRIDE or x.shape[3] % STRIDE:
             raise CodecError(f"input height and width must be multiples of {STRIDE}, got {tuple(x.shape[2:])}; pad the image first")
-        if not 1 <= iterations <= MAX_ITERATIONS:
-            raise CodecError(f"iterations must be in 1..{MAX_ITERATIONS}, got {iterations}")
+        if not 1 <= iterations <= MAX_TRAIN_ITERATIONS:
+            raise CodecError(f"iterations must be in 1..{MAX_TRAIN_ITERATIONS}, got {iterations}")
         enc_states: list = [None] * len(self.encoder.rnns)
         dec_state = self.initial_state()
         residual = x

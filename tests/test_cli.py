@@ -78,6 +78,8 @@ def test_bad_input_gives_one_clear_line(trained, tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y.png").exists()
     usage = run("compress", str(tmp_path / "ok.png"), str(tmp_path / "x"), "--checkpoint", str(trained), "--iterations", "17")
     assert usage.returncode == 2 and "must be in 1..16" in usage.stderr
+    usage = run("train", "--data", "sample", "--out", str(tmp_path / "m.pt"), "--iterations", "25")
+    assert usage.returncode == 2 and "must be in 1..24" in usage.stderr  # training may pass 16, up to 24
 
 
 def test_train_reads_prepared_arrow_shards(tmp_path):
