@@ -11,7 +11,7 @@ reconstruction (what the seed study trained with; on 32×32 patches it is ``metr
 ``growth`` γ weighs iteration t's term by γᵗ⁻¹ (scaled so that the weights sum to the iteration count).
 Under the additive reconstruction the increment of iteration s enters every later residual, so with equal
 weights it counts in T − s + 1 terms: the first iteration's 16 times, the last one's once. γ > 1 evens
-that out (γ = 1.25 brings the ratio from 16:1 to about 4:1 at 16 iterations).
+that out (γ = 1.25 brings the ratio from 16:1 to about 5:1 at 16 iterations).
 """
 
 from __future__ import annotations
