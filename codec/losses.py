@@ -46,6 +46,4 @@ def codec_loss(name: str, x: Tensor, out: dict[str, list[Tensor]], growth: float
         terms = [1 - ms_ssim(x_hat.clamp(-0.5, 0.5) + 0.5, target, data_range=1.0).mean() for x_hat in out["x_hat"]]
     else:
         raise CodecError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
-    if growth == 1:
-        return sum(terms)
     return sum(w * term for w, term in zip(iteration_weights(len(terms), growth), terms))

@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rnncodec.codec.options import ACTIVATIONS, CELLS, LOSSES, LR_SCHEDULES, MAX_ITERATIONS, MAX_TRAIN_ITERATIONS, MODES, OPTIMIZERS
+from rnncodec.codec.options import (ACTIVATIONS, CELLS, LOSSES, LR_SCHEDULES, MAX_ITERATIONS, MAX_TRAIN_ITERATIONS,
+                                    MODES, OPTIMIZERS)
 from rnncodec.data.errors import RnncodecError
 from rnncodec.data.sources import SOURCES
 
@@ -95,8 +96,8 @@ def _train(args: argparse.Namespace) -> int:
                                  gain_growth=args.gain_growth))
     fresh = warm_start(model, args.init) if args.init else []
     trainer = Trainer(model.to(device), TrainConfig(
-        iterations=args.iterations, loss=args.loss, loss_growth=args.loss_growth, optimizer=args.optimizer, lr=args.lr,
-        weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, total_steps=args.steps,
+        iterations=args.iterations, loss=args.loss, loss_growth=args.loss_growth, optimizer=args.optimizer,
+        lr=args.lr, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, total_steps=args.steps,
         grad_clip=args.grad_clip, amp=args.amp, deterministic=args.deterministic, cuda_graph=args.cuda_graph))
     params = sum(p.numel() for p in model.parameters())
     console.print(f"training {args.cell}/{args.mode} width {args.width} ({params:,} parameters) on "

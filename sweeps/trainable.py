@@ -134,8 +134,8 @@ def quality_metrics(prefix: str, q: dict[str, list[float]]) -> dict[str, float]:
 def train_config(params: dict[str, Any], total_steps: int) -> TrainConfig:
     """The :class:`TrainConfig` of a trial's training parameters."""
     return TrainConfig(iterations=params["iterations"], loss=params["loss"], loss_growth=params["loss_growth"],
-                       optimizer=params["optimizer"],
-                       lr=params["lr"], weight_decay=params["weight_decay"], lr_schedule=params["lr_schedule"],
+                       optimizer=params["optimizer"], lr=params["lr"], weight_decay=params["weight_decay"],
+                       lr_schedule=params["lr_schedule"],
                        total_steps=total_steps, grad_clip=params["grad_clip"], amp=params["amp"],
                        deterministic=params["deterministic"], cuda_graph=params["cuda_graph"])
 

@@ -178,6 +178,7 @@ def test_psnr_loss_is_the_negative_sum_of_each_iterations_psnr_and_trains():
     losses = [train_step(model, optimizer, pixels, iterations=2, loss="psnr") for _ in range(150)]
     assert sum(losses[-10:]) / 10 < losses[0] - 2 * 3.0, (losses[0], losses[-10:])  # ≥ 3 dB per iteration
 
+
 def test_loss_growth_weighs_later_iterations_more_and_keeps_the_total_weight():
     from rnncodec.codec.losses import codec_loss, iteration_weights
     from rnncodec.codec.training import TrainConfig, Trainer
