@@ -198,16 +198,23 @@ def run_trial(
     warn: Callable[[str], None] = _warn,
     fail_after_epoch: int | None = None,
     where: dict[str, str] | None = None,
+    staging: Path | None = None,
 ) -> dict[str, Any]:
     """Train one configuration; ``report(metrics, checkpoint_folder)`` once per epoch.
 
     ``places`` are trial folders whose ``checkpoint_*`` sub-folders are tried (newest epoch first)
     before starting from scratch. ``fail_after_epoch`` raises :class:`InjectedFailure` once, right after
     that epoch's checkpoint, in an attempt that started from scratch. ``where`` (e.g. the node) is
-    recorded with every epoch. Returns the last metrics.
+    recorded with every epoch. ``staging``, a folder of this trial's own, holds each checkpoint until
+    ``report`` has copied it; what a killed attempt left there is removed at the start (without it the
+    system's temporary folder is used, and a killed attempt leaves one checkpoint there). Returns the
+    last metrics.
     """
     wall_start = time.perf_counter()
     key, seed = trial_key(params, repeat), trial_seed(params, repeat)
+    if staging is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     iterations, epochs = params["iterations"], params["epochs"]
@@ -289,7 +296,7 @@ def run_trial(
                 "rng": {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
             }
-            folder = Path(tempfile.mkdtemp(prefix="rnncodec-ckpt-"))
+            folder = Path(tempfile.mkdtemp(prefix="rnncodec-ckpt-", dir=staging))
             try:
                 _save(folder, saved)
                 report(metrics, str(folder))
@@ -374,4 +381,4 @@ def tune_trainable(config: dict[str, Any], *, sweep: dict[str, Any], context: di
     run_trial(params, repeat, data_location=context["data"], report=report, places=places,
               wandb_settings=wandb_settings, run_id=run_id, trial_name=label, data_seed=spec.data["seed"],
               device=trial_device(bool(ray.get_gpu_ids()), label), fail_after_epoch=context.get("fail_after_epoch"),
-              where=where)
+              where=where, staging=trial_dir / "checkpoint-staging")

@@ -77,6 +77,24 @@ def test_resume_after_a_failure_continues_exactly(tmp_path, prepared, params):
     assert checkpoints(LOCAL, str(broken.path))[0][0] == 3
 
 
+def test_checkpoints_are_staged_in_the_trials_folder_and_a_killed_attempts_leftovers_removed(
+        tmp_path, prepared, params):
+    staging = tmp_path / "staging"
+    left = staging / "rnncodec-ckpt-killed"  # as a SIGKILLed attempt leaves it, between staging and report
+    left.mkdir(parents=True)
+    (left / "state.pt").write_bytes(b"half")
+    staged = []
+    folder = Folder(tmp_path / "trial")
+
+    def report(metrics, path):
+        staged.append(Path(path).parent)
+        folder.report(metrics, path)
+
+    run_trial(params, 0, data_location=prepared, report=report, staging=staging)
+    assert staged == [staging] * 3
+    assert list(staging.iterdir()) == []
+
+
 def test_probes_validate_between_epochs_without_changing_training(tmp_path, prepared, params, monkeypatch):
     monkeypatch.setattr(trainable, "trial_seed", lambda params, repeat: 1234)  # else the seed differs with val_probes
     plain = Folder(tmp_path / "plain")
