@@ -149,11 +149,13 @@ def ms_ssim_against(reference: Tensor, images: Tensor, data_range: float = 255.0
     if min(images.shape[-2:]) < cfg.min_side():
         raise ValueError(f"standard MS-SSIM needs images of at least {cfg.min_side()} pixels a side, "
                          f"got {tuple(images.shape[-2:])}")
-    x = reference.to(torch.float32)
+    # channels_last: oneDNN's depthwise blur runs about 10× faster on it than on NCHW, with the same values
+    x = reference.to(torch.float32, memory_format=torch.channels_last)
     win = _gaussian(cfg.win_size, cfg.win_sigma, x.shape[1], x)
     pyramid = _pyramid(x, win, len(cfg.weights))
     step = max(1, CHUNK_VALUES // x.numel())
-    return torch.cat([_ms_ssim_on(pyramid, y.to(torch.float32), win, data_range, cfg) for y in images.split(step)])
+    return torch.cat([_ms_ssim_on(pyramid, y.to(torch.float32, memory_format=torch.channels_last), win, data_range,
+                                  cfg) for y in images.split(step)])
 
 
 def ms_ssim_db(value: float) -> float:

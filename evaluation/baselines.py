@@ -5,6 +5,8 @@ curves we overlay: ``Image.save(buf, format=..., quality=q)`` with every other o
 Pillow's default (for JPEG that is 4:2:0 chroma subsampling and no Huffman optimisation), a
 quality sweep of 5, 10, …, 95, bpp from the size of the whole encoded file, and the
 reconstruction decoded back to 8-bit RGB. ``jpeg444`` differs only by ``subsampling=0``.
+The qualities of one image are coded in as many threads as torch uses (Pillow releases the GIL
+while it codes), so each time is still one core's.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, features
 
 from rnncodec.codec.errors import CodecError
@@ -99,12 +103,13 @@ def run_baseline(key: str, images: list[tuple[str, np.ndarray]], qualities: tupl
     quality at once), ``encoding_time``, ``decoding_time``."""
     measure = measure or image_metrics_many
     rows = []
-    for name, image in images:
-        pixels = image.shape[0] * image.shape[1]
-        coded = [encode_decode(image, key, q) for q in qualities]
-        for q, (data, _, enc, dec), metrics in zip(qualities, coded, measure(image, [c[1] for c in coded])):
-            rows.append({"image": name, "quality": int(q), "bytes": len(data), "bpp": len(data) * 8 / pixels,
-                         **metrics, "encoding_time": enc, "decoding_time": dec})
-        if advance is not None:
-            advance()
+    with ThreadPoolExecutor(max(1, min(len(qualities), torch.get_num_threads()))) as pool:
+        for name, image in images:
+            pixels = image.shape[0] * image.shape[1]
+            coded = list(pool.map(lambda q, image=image: encode_decode(image, key, q), qualities))
+            for q, (data, _, enc, dec), metrics in zip(qualities, coded, measure(image, [c[1] for c in coded])):
+                rows.append({"image": name, "quality": int(q), "bytes": len(data), "bpp": len(data) * 8 / pixels,
+                             **metrics, "encoding_time": enc, "decoding_time": dec})
+            if advance is not None:
+                advance()
     return rows
