@@ -29,6 +29,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -333,6 +334,19 @@ def _quiet_exit_hook(unraisable: Any) -> None:
         sys.__unraisablehook__(unraisable)
 
 
+def private_staging(name: str) -> Path:
+    """``name`` in this user's private folder of the system's temporary area (created with mode 0700;
+    refused if it is a link or anyone else's). Trials stage their checkpoints there, not in the folder
+    ``tune.get_context().get_trial_dir()`` gives: for the first trial of each worker that folder lies among
+    the driver's artifacts, which Tune copies to the sweep's storage, staged checkpoints included."""
+    root = Path(tempfile.gettempdir()) / f"rnncodec-staging-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    info = root.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise SweepError(f"{root} is not a folder that only this user can open; remove it and run again")
+    return root / name
+
+
 def tune_trainable(config: dict[str, Any], *, sweep: dict[str, Any], context: dict[str, Any]) -> None:
     """The Ray Tune function trainable (bind ``sweep`` and ``context`` with ``tune.with_parameters``).
 
@@ -378,7 +392,11 @@ def tune_trainable(config: dict[str, Any], *, sweep: dict[str, Any], context: di
     torch.set_num_threads(max(1, int(spec.resources["cpus"])))
     where = {"node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
              "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
-    run_trial(params, repeat, data_location=context["data"], report=report, places=places,
-              wandb_settings=wandb_settings, run_id=run_id, trial_name=label, data_seed=spec.data["seed"],
-              device=trial_device(bool(ray.get_gpu_ids()), label), fail_after_epoch=context.get("fail_after_epoch"),
-              where=where, staging=trial_dir / "checkpoint-staging")
+    staging = private_staging(f"{context['uid']}-{tune.get_context().get_trial_id()}")
+    try:
+        run_trial(params, repeat, data_location=context["data"], report=report, places=places,
+                  wandb_settings=wandb_settings, run_id=run_id, trial_name=label, data_seed=spec.data["seed"],
+                  device=trial_device(bool(ray.get_gpu_ids()), label),
+                  fail_after_epoch=context.get("fail_after_epoch"), where=where, staging=staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -24,6 +24,7 @@ from rnncodec.data import sample_images  # noqa: E402
 from rnncodec.sweeps import runner  # noqa: E402
 from rnncodec.sweeps.results import best_per_configuration, collect, status_table, write_report  # noqa: E402
 from rnncodec.sweeps.spec import parse_spec  # noqa: E402
+from rnncodec.sweeps.trainable import private_staging  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,6 +83,9 @@ def test_failing_trials_are_retried_from_their_checkpoints_and_logged(cluster, t
     assert len(runs) == 4 and len(set(ids)) == 2 and all(ids.count(i) == 2 for i in ids)
     stored = json.loads((Path(location) / "sweep.json").read_text())
     assert all(i.startswith(stored["context"]["uid"]) for i in ids)
+    # checkpoints were staged in the private temporary folder and removed from there, never copied here
+    assert not [p for p in Path(location).rglob("*") if "staging" in p.name or p.name.startswith("rnncodec-ckpt-")]
+    assert not list(private_staging("x").parent.glob(f"{stored['context']['uid']}-*"))
     # data prepared once, in the sweep's cache, before the trials
     assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 1
 

@@ -2,7 +2,9 @@
 
 import json
 import shutil
+import stat
 import struct
+import tempfile
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -10,9 +12,9 @@ import pytest
 
 from rnncodec import data
 from rnncodec.sweeps import trainable
-from rnncodec.sweeps.spec import parse_spec, trial_key
+from rnncodec.sweeps.spec import SweepError, parse_spec, trial_key
 from rnncodec.sweeps.storage import checkpoints
-from rnncodec.sweeps.trainable import InjectedFailure, quality_metrics, run_trial
+from rnncodec.sweeps.trainable import InjectedFailure, private_staging, quality_metrics, run_trial
 
 LOCAL = pafs.LocalFileSystem()
 
@@ -77,7 +79,7 @@ def test_resume_after_a_failure_continues_exactly(tmp_path, prepared, params):
     assert checkpoints(LOCAL, str(broken.path))[0][0] == 3
 
 
-def test_checkpoints_are_staged_in_the_trials_folder_and_a_killed_attempts_leftovers_removed(
+def test_checkpoints_are_staged_in_the_given_folder_and_a_killed_attempts_leftovers_removed(
         tmp_path, prepared, params):
     staging = tmp_path / "staging"
     left = staging / "rnncodec-ckpt-killed"  # as a SIGKILLed attempt leaves it, between staging and report
@@ -93,6 +95,22 @@ def test_checkpoints_are_staged_in_the_trials_folder_and_a_killed_attempts_lefto
     run_trial(params, 0, data_location=prepared, report=report, staging=staging)
     assert staged == [staging] * 3
     assert list(staging.iterdir()) == []
+
+
+def test_private_staging_is_this_users_own_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    folder = private_staging("sweep-trial")
+    root = folder.parent
+    assert folder.name == "sweep-trial" and root.parent == tmp_path and stat.S_IMODE(root.stat().st_mode) == 0o700
+    root.chmod(0o755)
+    with pytest.raises(SweepError, match="only this user can open"):
+        private_staging("sweep-trial")
+    root.rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    root.symlink_to(elsewhere)
+    with pytest.raises(SweepError, match="remove it"):
+        private_staging("sweep-trial")
 
 
 def test_probes_validate_between_epochs_without_changing_training(tmp_path, prepared, params, monkeypatch):
