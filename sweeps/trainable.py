@@ -340,8 +340,12 @@ def private_staging(name: str) -> Path:
     ``tune.get_context().get_trial_dir()`` gives: for the first trial of each worker that folder lies among
     the driver's artifacts, which Tune copies to the sweep's storage, staged checkpoints included."""
     root = Path(tempfile.gettempdir()) / f"rnncodec-staging-{os.getuid()}"
-    root.mkdir(mode=0o700, exist_ok=True)
-    info = root.lstat()
+    try:
+        root.mkdir(mode=0o700, exist_ok=True)
+        info = root.lstat()
+    except OSError as exc:
+        raise SweepError(f"cannot make the folder {root} for staging checkpoints ({exc.strerror}); "
+                         "remove what is there, or set TMPDIR to a writable folder") from None
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise SweepError(f"{root} is not a folder that only this user can open; remove it and run again")
     return root / name

@@ -111,6 +111,10 @@ def test_private_staging_is_this_users_own_folder(tmp_path, monkeypatch):
     root.symlink_to(elsewhere)
     with pytest.raises(SweepError, match="remove it"):
         private_staging("sweep-trial")
+    root.unlink()
+    root.write_text("a file")
+    with pytest.raises(SweepError, match="cannot make the folder"):
+        private_staging("sweep-trial")
 
 
 def test_probes_validate_between_epochs_without_changing_training(tmp_path, prepared, params, monkeypatch):
