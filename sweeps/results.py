@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -297,10 +297,12 @@ PHOTO_SIDE = 384  # reconstructions.png shows the held-out photograph's centre, 
 PHOTO_PANELS = 8
 
 
-def _reconstructions(path: Path, spec: Sweep, trials, data_location: str, fs: pafs.FileSystem, count: int = 8) -> bool:
+def _reconstructions(path: Path, spec: Sweep, trials, data_location: str, fs: pafs.FileSystem,
+                     count: int = 8) -> list[str]:
     """Per configuration (its best repeat's best checkpoint), reconstructions of held-out data: of the
-    first validation photograph through the real codec (``compress_progressive`` of its centre) when the
-    data are photographs, else of ``count`` validation images (CIFAR's are whole images)."""
+    first validation photograph through the real codec (``compress_progressive`` of its centre), beside
+    the bundled model's for reference, when the data are photographs, else of ``count`` validation images
+    (CIFAR's are whole images). Returns one caption per panel; none when no figure was drawn."""
     from rnncodec.data.photos import held_out_photos
     from rnncodec.data.remote import resolve
     from rnncodec.data.shards import read_manifest
@@ -310,9 +312,9 @@ def _reconstructions(path: Path, spec: Sweep, trials, data_location: str, fs: pa
     try:
         photos = held_out_photos(read_manifest(resolve(data_location)))
     except RnncodecError:
-        return False
+        return []
     if photos:
-        return _photo_figure(path, photos[0], chosen[: PHOTO_PANELS - 1], fs)
+        return _photo_figure(path, photos[0], chosen[: PHOTO_PANELS - 2], fs)
     return _patch_figure(path, chosen[:12], data_location, count, fs)
 
 
@@ -328,24 +330,31 @@ def _models(chosen: list[tuple[str, int, str]], fs: pafs.FileSystem) -> Iterator
         yield label, iterations, model
 
 
-def _photo_figure(path: Path, photo: tuple[str, Any], chosen: list[tuple[str, int, str]], fs: pafs.FileSystem) -> bool:
+def _photo_figure(path: Path, photo: tuple[str, Any], chosen: list[tuple[str, int, str]],
+                  fs: pafs.FileSystem) -> list[str]:
     from matplotlib.figure import Figure
 
     from rnncodec.codec.bitstream import compress_progressive
+    from rnncodec.codec.checkpoint import load_checkpoint
     from rnncodec.codec.metrics import psnr
     from rnncodec.evaluation.rd import center_crop, file_bpp
 
     name, image = photo
     crop = center_crop(image, PHOTO_SIDE)
     pixels = crop.shape[0] * crop.shape[1]
-    panels = [(f"held-out photograph {name}\n(original, centre {crop.shape[1]}×{crop.shape[0]})", crop)]
-    for label, iterations, model in _models(chosen, fs):
+
+    def panel(label: str, model: Any, iterations: int) -> tuple[str, Any]:
         data, recs = compress_progressive(model, crop, iterations)
-        title = (f"{label.replace(', ', chr(10))}\n{iterations} iterations: {file_bpp(data, pixels):.3f} bpp, "
-                 f"{psnr(crop, recs[-1]):.1f} dB")
-        panels.append((title, recs[-1]))
+        return (f"{label}\n{iterations} iterations: {file_bpp(data, pixels):.3f} bpp, {psnr(crop, recs[-1]):.1f} dB",
+                recs[-1])
+
+    panels = [(f"held-out photograph {name}\n(original, centre {crop.shape[1]}×{crop.shape[0]})", crop)]
+    panels += [panel(label.replace(", ", "\n"), model, iterations) for label, iterations, model in _models(chosen, fs)]
     if len(panels) == 1:
-        return False
+        return []
+    # what the same codec gives once trained for hours: short trials' colour blotches are not the codec's limit
+    iterations = max(it for _, it, _ in chosen)
+    panels.append(panel("for reference: the bundled model\n(CIFAR-10, about 2.8 CPU-hours)", load_checkpoint(), iterations))
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
     h, w = crop.shape[:2]
@@ -357,11 +366,11 @@ def _photo_figure(path: Path, photo: tuple[str, Any], chosen: list[tuple[str, in
         ax.imshow(shown, interpolation="nearest")
         ax.set_title(title, fontsize=7)
     _save_figure(path, fig)
-    return True
+    return [title.replace("\n", " ") for title, _ in panels]
 
 
 def _patch_figure(path: Path, chosen: list[tuple[str, int, str]], data_location: str, count: int,
-                  fs: pafs.FileSystem) -> bool:
+                  fs: pafs.FileSystem) -> list[str]:
     import torch
     from matplotlib.figure import Figure
 
@@ -375,14 +384,14 @@ def _patch_figure(path: Path, chosen: list[tuple[str, int, str]], data_location:
         with open_split(data_location, "val", verify_sha256=False) as reader:
             pixels = torch.from_numpy(reader.images(spread(count, len(reader))))
     except RnncodecError:
-        return False
+        return []
     labels, rows_ = ["original"], [pixels.numpy()]
     for label, iterations, model in _models(chosen, fs):
         recon = evaluate(model, pixels, iterations, keep=count)["reconstructions"]
         labels.append(f"{label.replace(', ', chr(10))}\n{BPP_PER_ITERATION * iterations:g} bpp")
         rows_.append(recon[-1].numpy())
     if len(rows_) == 1:
-        return False
+        return []
     scale, pad = 4, 2
     grid = image_grid(rows_, scale=scale, pad=pad)
     fig = Figure(figsize=(grid.shape[1] / 100 + 2.5, grid.shape[0] / 100 + 0.3))
@@ -394,7 +403,7 @@ def _patch_figure(path: Path, chosen: list[tuple[str, int, str]], data_location:
     for side in ax.spines.values():
         side.set_visible(False)
     _save_figure(path, fig)
-    return True
+    return [label.replace("\n", " ") for label in labels]
 
 
 def _question(spec: Sweep, trials: list[dict[str, Any]], axis: str, title: str, values: dict[str, float],
@@ -461,10 +470,11 @@ def run_facts(trials: list[dict[str, Any]], wandb_runs: int | None = None) -> li
 
 
 def summary_markdown(spec: Sweep, trials: list[dict[str, Any]], figures: list[str],
-                     wandb_runs: int | None = None) -> str:
+                     wandb_runs: int | None = None, reconstructions: Sequence[str] = ()) -> str:
     """Configurations ranked by the last epoch's metric (mean ± 95% CI over repeats), then per axis:
     its levels compared at equal epochs (and at equal steps or samples where the axis changes them),
-    with a verdict on the shape and Holm-corrected pairwise tests."""
+    with a verdict on the shape and Holm-corrected pairwise tests; ``reconstructions``: the captions of
+    reconstructions.png's panels."""
     finals = final_values(spec, trials)
     configs: dict[str, list[float]] = {}
     for t in trials:
@@ -486,6 +496,8 @@ def summary_markdown(spec: Sweep, trials: list[dict[str, Any]], figures: list[st
     lines += ["## Run", "", *run_facts(trials, wandb_runs), "", "## Files", "",
               "- results.csv: one row per trial and validation (epoch ends; probes between them)",
               *(f"- {f}" for f in figures), ""]
+    if reconstructions:
+        lines += ["## reconstructions.png", "", *(f"- {c}" for c in reconstructions), ""]
     return "\n".join(lines)
 
 
@@ -520,13 +532,15 @@ def write_report(location: str, out: str | Path | None = None, images: str | Pat
         _levels_figure(out / f"final_by_{axis}.png", spec, trials, axis)
         figures.append(f"final_by_{axis}.png")
     fs, _ = filesystem(location)
-    if _reconstructions(out / "reconstructions.png", spec, trials, stored["context"]["data"], fs):
+    captions = _reconstructions(out / "reconstructions.png", spec, trials, stored["context"]["data"], fs)
+    if captions:
         figures.append("reconstructions.png")
     if images is not None:
         figures += _rd_curves(out, spec, trials, fs, images, anchors, limit)
     runs = Path(location, "wandb", "wandb")
     text = summary_markdown(spec, trials, figures,
-                            len(list(runs.glob("*run-*"))) if "://" not in location and runs.is_dir() else None)
+                            len(list(runs.glob("*run-*"))) if "://" not in location and runs.is_dir() else None,
+                            captions)
     write_atomic(out / "summary.md", text)
     return {"out": str(out), "rows": len(table), "figures": figures}
 

@@ -7,6 +7,7 @@ nothing but processes started here is ever stopped.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -208,3 +209,6 @@ def test_a_sweep_runs_from_a_folder_of_hostile_modules_and_reports_its_best_chec
     assert best != 3 and folder != trial["checkpoint"]  # Tune kept the best and the newest; the best is used
     report = write_report(str(tmp_path / "sweeps" / "hostile"))
     assert "reconstructions.png" in report["figures"]
+    captions = (Path(report["out"]) / "summary.md").read_text().split("## reconstructions.png")[1]
+    assert "held-out photograph" in captions and "for reference: the bundled model" in captions
+    assert len(re.findall(r"iterations: [\d.]+ bpp, [\d.]+ dB", captions)) == 2  # the trial's and the bundled model's
