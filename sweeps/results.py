@@ -353,8 +353,13 @@ def _photo_figure(path: Path, photo: tuple[str, Any], chosen: list[tuple[str, in
     if len(panels) == 1:
         return []
     # what the same codec gives once trained for hours: short trials' colour blotches are not the codec's limit
-    iterations = max(it for _, it, _ in chosen)
-    panels.append(panel("for reference: the bundled model\n(CIFAR-10, about 2.8 CPU-hours)", load_checkpoint(), iterations))
+    try:
+        reference = load_checkpoint()
+    except RnncodecError:  # a damaged installation: the figure without it
+        reference = None
+    if reference is not None:
+        iterations = max(it for _, it, _ in chosen)
+        panels.append(panel("for reference: the bundled model\n(CIFAR-10, about 2.8 CPU-hours)", reference, iterations))
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
     h, w = crop.shape[:2]
