@@ -359,7 +359,7 @@ def _photo_figure(path: Path, photo: tuple[str, Any], chosen: list[tuple[str, in
         reference = None
     if reference is not None:
         iterations = max(it for _, it, _ in chosen)
-        panels.append(panel("for reference: the bundled model\n(CIFAR-10, about 2.8 CPU-hours)", reference, iterations))
+        panels.append(panel("for reference: the bundled model\n(hours of training, codec/pretrained)", reference, iterations))
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
     h, w = crop.shape[:2]
