@@ -44,6 +44,7 @@ from rnncodec.codec.errors import CodecError
 from rnncodec.codec.image import to_input, to_pixels
 from rnncodec.codec.model import RNNCodec
 from rnncodec.codec.options import MAX_BITS, MAX_ITERATIONS, STRIDE
+from rnncodec.data.files import unreadable_file
 from rnncodec.data.images import to_rgb8
 
 MAGIC = b"RNNC"
@@ -365,8 +366,8 @@ def read_bitstream(path: str | Path) -> bytes:
     """The bytes of an rnncodec file, read no further than its header and chunk lengths say the file can
     reach (plus one byte, so trailing data is still noticed): a huge foreign file costs no memory."""
     path = Path(path)
-    if not path.is_file():
-        raise CodecError(f"no such file: {path}")
+    if problem := unreadable_file(path, "rnncodec"):
+        raise CodecError(problem)
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size

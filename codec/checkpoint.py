@@ -20,7 +20,7 @@ import torch
 from rnncodec.codec.errors import CodecError
 from rnncodec.codec.model import CodecConfig, RNNCodec
 from rnncodec.data.errors import shown
-from rnncodec.data.files import write_atomic
+from rnncodec.data.files import unreadable_file, write_atomic
 
 FORMAT = "rnncodec-model"
 VERSION = 1
@@ -104,8 +104,8 @@ def save_checkpoint(path: str | Path, model: RNNCodec, **extra: Any) -> None:
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint file safely (``weights_only=True``) as a dict."""
     path = Path(path)
-    if not path.is_file():
-        raise CodecError(f"no such checkpoint file: {path}")
+    if problem := unreadable_file(path, "checkpoint"):
+        raise CodecError(problem)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as exc:

@@ -33,6 +33,23 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
+def unreadable_file(path: str | Path, what: str) -> str | None:
+    """Why ``path`` cannot be read as a ``what`` file ("image", "checkpoint", …), in one line: missing,
+    a folder, or not a regular file (a device or pipe, which a read could wait on forever); None when it is
+    a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return f"no such {what} file: {path}"
+    except OSError as exc:
+        return f"cannot read {path} ({_reason(exc)}); give the path of a readable {what} file"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return f"{path} is a folder; give the path of the {what} file"
+    return f"{path} is not a regular file (a device, pipe or socket); give the path of the {what} file"
+
+
 def _write(handle: BinaryIO, content: Content) -> None:
     if callable(content):
         content(handle)

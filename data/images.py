@@ -23,7 +23,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from rnncodec.data.errors import DataError
-from rnncodec.data.files import write_atomic
+from rnncodec.data.files import unreadable_file, write_atomic
 
 MAX_PIXELS = 1 << 26  # 67 megapixels: an 8192×8192 image; 192 MB as 8-bit RGB
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -111,8 +111,8 @@ def to_rgb8(img: Image.Image, name: str = "image") -> np.ndarray:
 
 def _open(path: Path) -> Image.Image:
     """Open ``path`` and check what can be checked before decoding: size and frame count."""
-    if not path.is_file():
-        raise DataError(f"no such image file: {path}")
+    if problem := unreadable_file(path, "image"):
+        raise DataError(problem)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

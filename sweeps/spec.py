@@ -37,6 +37,7 @@ from rnncodec.codec.options import (
     OPTIMIZERS,
 )
 from rnncodec.data.errors import DataError, RnncodecError, shown
+from rnncodec.data.files import unreadable_file
 from rnncodec.data.sources import SOURCES, check_source
 
 
@@ -513,8 +514,8 @@ def _expanded_size(value: Any, sizes: dict[int, int], active: set[int]) -> int:
 def load_spec(path: str | Path) -> Sweep:
     """Read and validate a sweep file."""
     path = Path(path)
-    if not path.is_file():
-        raise SweepError(f"no such sweep file: {path}; give the path of a YAML sweep file (see sweeps/demo.yaml)")
+    if problem := unreadable_file(path, "sweep"):
+        raise SweepError(f"{problem} (a YAML sweep file, see sweeps/demo.yaml)")
     if path.stat().st_size > MAX_FILE_BYTES:
         raise SweepError(f"{path} is larger than {MAX_FILE_BYTES >> 20} MB, which no sweep file is; "
                          "give a YAML sweep file (see sweeps/demo.yaml)")

@@ -1,5 +1,6 @@
 """The ``rnncodec`` command line, run as a user runs it: a real process, real files."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,10 @@ def test_bad_input_gives_one_clear_line(trained, tmp_path):
     _fails_cleanly(run("decompress", str(tmp_path / "ok.png"), str(tmp_path / "y.png"), "--checkpoint", str(trained)),
                    "not an rnncodec file")
     _fails_cleanly(run("train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "m.pt")), "no such folder")
+    os.mkfifo(tmp_path / "pipe")  # nothing ever writes to it: reading it would hang
+    _fails_cleanly(run("decompress", str(tmp_path / "pipe"), str(tmp_path / "y.png"), "--checkpoint", str(trained)),
+                   "pipe is not a regular file")
+    _fails_cleanly(run("compress", str(tmp_path), str(tmp_path / "x"), "--checkpoint", str(trained)), "is a folder")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y.png").exists()
     usage = run("compress", str(tmp_path / "ok.png"), str(tmp_path / "x"), "--checkpoint", str(trained), "--iterations", "17")
     assert usage.returncode == 2 and "must be in 1..16" in usage.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rnncodec.data.files import FileError, check_file_name, write_atomic
+from rnncodec.data.files import FileError, check_file_name, unreadable_file, write_atomic
 
 
 def test_a_regular_file_is_replaced_whole_and_keeps_its_mode(tmp_path):
@@ -94,3 +94,16 @@ def test_file_names_from_files_must_be_plain(name):
     with pytest.raises(Exception, match="not a plain file name"):
         check_file_name(name, "shard file")
     assert check_file_name("train-00000.arrow", "shard file") == "train-00000.arrow"
+
+
+def test_only_regular_files_are_readable_inputs(tmp_path):
+    """Missing paths, folders, pipes and devices are named as such (a read of a pipe could wait forever)."""
+    (tmp_path / "a.png").write_bytes(b"x")
+    os.mkfifo(tmp_path / "pipe")
+    assert unreadable_file(tmp_path / "a.png", "image") is None
+    assert unreadable_file(tmp_path / "b.png", "image") == f"no such image file: {tmp_path / 'b.png'}"
+    assert unreadable_file(tmp_path / "a.png" / "c", "image").startswith("no such image file")
+    assert unreadable_file(tmp_path, "checkpoint") == f"{tmp_path} is a folder; give the path of the checkpoint file"
+    for special in (tmp_path / "pipe", "/dev/null"):
+        assert unreadable_file(special, "sweep").endswith("is not a regular file (a device, pipe or socket); "
+                                                          "give the path of the sweep file")
