@@ -169,12 +169,18 @@ def save_png(path: str | Path, image: np.ndarray) -> Path:
 
 
 def list_images(folder: str | Path, recursive: bool = False, suffixes: Sequence[str] = SUFFIXES) -> list[Path]:
-    """Image files in ``folder`` (with ``recursive``, in its sub-folders too), sorted."""
+    """Image files in ``folder`` (with ``recursive``, in its sub-folders too), sorted. An image name that
+    is a broken link, pipe or device is refused rather than skipped: a silently smaller set would change
+    every mean computed over it. Folders named like images are passed over."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DataError(f"no such folder: {folder}")
     found = folder.rglob("*") if recursive else folder.iterdir()
-    files = sorted(p for p in found if p.suffix.lower() in suffixes and p.is_file())
+    files = sorted(p for p in found if p.suffix.lower() in suffixes and not p.is_dir())
+    for path in files:
+        if not path.is_file():
+            what = "a broken link" if not path.exists() else "not a regular file (a device, pipe or socket)"
+            raise DataError(f"{path} is {what}; remove it from {folder} or make it an image file")
     if not files:
         raise DataError(f"{folder} holds no images ({', '.join(suffixes)})")
     return files

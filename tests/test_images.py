@@ -1,5 +1,6 @@
 """The image loading rule: 16-bit rounding, transparency, animations, bombs, EXIF orientation."""
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from rnncodec import data
-from rnncodec.data.images import MAX_PIXELS, image_size, load_image
+from rnncodec.data.images import MAX_PIXELS, image_size, list_images, load_image
 
 # 16-bit samples whose high byte (what Pillow keeps) is not their rounded 8-bit value v · 255 / 65535
 DEEP = np.array([[0, 383, 511, 1000, 30_000, 40_000], [65_535, 65_400, 128, 257, 33_023, 52_000]], np.uint16)
@@ -171,3 +172,16 @@ def test_a_file_that_is_not_an_image_is_one_line(tmp_path):
     refused(tmp_path / "notes.png", "not a readable image")
     (tmp_path / "empty.jpg").write_bytes(b"")
     refused(tmp_path / "empty.jpg", "not a readable image")
+
+
+def test_an_image_folder_with_a_broken_link_or_pipe_is_refused_not_shrunk(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "album.png").mkdir()
+    assert list_images(tmp_path) == [tmp_path / "a.png"]
+    (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(data.DataError, match=r"b\.png is a broken link; remove it from"):
+        list_images(tmp_path)
+    (tmp_path / "b.png").unlink()
+    os.mkfifo(tmp_path / "c.png")
+    with pytest.raises(data.DataError, match=r"c\.png is not a regular file \(a device, pipe or socket\)"):
+        list_images(tmp_path, recursive=True)
