@@ -182,7 +182,8 @@ class _TarHeader(tarfile.TarInfo):
 
 
 class _ArrayUnpickler(pickle.Unpickler):
-    """Resolves only what a CIFAR batch needs: numpy array reconstruction."""
+    """Resolves only what a CIFAR batch needs: numpy array reconstruction, of arrays no larger than the
+    pickle itself (``_reconstruct`` allocates whatever shape it is given, before any data arrives)."""
 
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
@@ -192,12 +193,29 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("_codecs", "encode"),
     }
 
+    def __init__(self, payload: bytes) -> None:
+        super().__init__(io.BytesIO(payload), encoding="latin1")
+        self.payload_bytes = len(payload)
+
     def find_class(self, module: str, name: str) -> object:
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refers to {module}.{name}, which no CIFAR batch does")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            return super().find_class(module, name)
+            found = super().find_class(module, name)
+        return self._bounded(found) if name == "_reconstruct" else found
+
+    def _bounded(self, reconstruct):
+        def bounded(subtype, shape, dtype):
+            sizes = shape if isinstance(shape, tuple) else (shape,)
+            if not all(isinstance(n, int) and n >= 0 for n in sizes):
+                raise pickle.UnpicklingError(f"declares an array of shape {shown(shape)}")
+            if np.prod(sizes, dtype=object) * np.dtype(dtype).itemsize > self.payload_bytes:
+                raise pickle.UnpicklingError(f"declares a {shown(shape)} array, larger than the whole file")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return reconstruct(subtype, shape, dtype)
+        return bounded
 
 
 @dataclass(frozen=True)
@@ -306,7 +324,7 @@ class CifarArchive:
         if digest != self.fingerprint.get("md5", self.layout.md5)[name]:
             raise DataError(f"{self.location}: {name} changed while being read; prepare again")
         try:
-            batch = _ArrayUnpickler(io.BytesIO(payload), encoding="latin1").load()
+            batch = _ArrayUnpickler(payload).load()
         except Exception as exc:  # any failure to parse a pickle is bad input
             raise DataError(
                 f"{self.location}: {name} is not a readable CIFAR batch ({exc}); download {self.layout.archive} again"
@@ -324,14 +342,25 @@ class CifarArchive:
             )
         labels = []
         for key, classes in zip(self.layout.label_keys, self.layout.classes):
-            values = np.asarray(batch.get(key, ()), dtype=np.int64)
-            if values.shape != (len(data),) or (values.size and (values.min() < 0 or values.max() >= classes)):
+            try:
+                values = np.asarray(batch.get(key, ()))
+            except (ValueError, TypeError):  # ragged lists
+                values = np.zeros(0, np.float64)
+            if (values.dtype.kind not in "iu" or values.shape != (len(data),)
+                    or (values.size and (values.min() < 0 or values.max() >= classes))):
                 raise DataError(
                     f"{self.location}: {name} needs {len(data)} '{key}' in 0..{classes - 1}; "
                     f"it is not a {self.layout.title} batch"
                 )
             labels.append(values.astype(np.int16))
         return Split(data.reshape(-1, 3, 32, 32), tuple(labels))
+
+    def _class_names(self, meta: dict, key: str) -> list[str]:
+        names = meta.get(key, [])
+        if not isinstance(names, list) or not all(isinstance(n, (str, bytes)) for n in names):
+            raise DataError(f"{self.location}: {self.layout.meta} has no list of '{key}'; "
+                            f"it is not a {self.layout.title} archive")
+        return [n if isinstance(n, str) else n.decode("latin1") for n in names]
 
     @cached_property
     def data(self) -> dict:
@@ -341,7 +370,7 @@ class CifarArchive:
             for name, digest, payload in self._members(keep=True):
                 batch = self._unpickle(name, digest, payload)
                 if name == self.layout.meta:
-                    classes = {key: [str(c) for c in batch.get(key, ())] for key in self.layout.class_keys}
+                    classes = {key: self._class_names(batch, key) for key in self.layout.class_keys}
                 else:
                     parsed[name] = self._parse(name, batch)
                 advance(1)

@@ -205,6 +205,36 @@ def test_pickle_with_foreign_globals_is_refused_even_when_accepted(tmp_path):
         data.prepare("cifar10", root=archive, accept_unverified=True, cache_dir=tmp_path / "cache")
 
 
+class _UninitialisedArray:
+    """Pickles as numpy's ``_reconstruct(ndarray, shape, "B")`` alone: an array allocated, never filled."""
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.shape = shape
+
+    def __reduce__(self):
+        return np.zeros(0).__reduce__()[0], (np.ndarray, self.shape, "B")
+
+
+def test_array_larger_than_its_pickle_is_refused_before_allocation(tmp_path):
+    bomb = {"data": _UninitialisedArray((1_000_000, 3072)), "labels": [0]}
+    archive = write_archive(tmp_path, CIFAR10, (50, 10), tamper=bomb)
+    tracemalloc.start()
+    try:
+        with pytest.raises(data.DataError, match=r"declares a \(1000000, 3072\) array, larger than the whole file"):
+            data.prepare("cifar10", root=archive, accept_unverified=True, cache_dir=tmp_path / "cache")
+        assert tracemalloc.get_traced_memory()[1] < 100 << 20
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("labels", [["a"] * 10, [10**30] * 10, [1.7] * 10, [[1, 2]] * 10, 5])
+def test_labels_that_are_not_small_integers_are_refused(tmp_path, labels):
+    batch = {"data": np.zeros((10, 3072), np.uint8), "labels": labels}
+    archive = write_archive(tmp_path, CIFAR10, (50, 10), tamper=batch)
+    with pytest.raises(data.DataError, match=r"data_batch_1 needs 10 'labels' in 0\.\.9"):
+        data.prepare("cifar10", root=archive, accept_unverified=True, cache_dir=tmp_path / "cache")
+
+
 def test_extracted_folder_missing_a_batch(tmp_path):
     archive = write_archive(tmp_path, CIFAR10, (50, 10))
     with tarfile.open(archive) as tar:
