@@ -191,7 +191,7 @@ def check_tune_state(location: str, trials: int, say: Callable[[str], None]) -> 
     SweepError. Sweeps written since :class:`AtomicLocalFiles` should never show any."""
     fs, path = filesystem(location)
     names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-             if i.type == pafs.FileType.File]
+             if i.type != pafs.FileType.Directory]  # a pipe or device is damage too, not a file to skip
     states = fnmatch.filter(names, _TUNE_STATE)
     if not states:
         return  # Tune says so itself, and build_tuner turns that into a SweepError
@@ -206,6 +206,8 @@ def check_tune_state(location: str, trials: int, say: Callable[[str], None]) -> 
         raise damaged(max(states)) from None
     for pattern in _SEARCH_STATES:
         for name in fnmatch.filter(names, pattern):
+            if fs.get_file_info(f"{path}/{name}").type != pafs.FileType.File:
+                raise damaged(name)
             with fs.open_input_stream(f"{path}/{name}") as f:
                 if _whole_pickle(f.readall()):
                     continue
@@ -215,9 +217,22 @@ def check_tune_state(location: str, trials: int, say: Callable[[str], None]) -> 
             say(f"note: {name} was cut short by a killed driver; set aside, as all {trials} trials exist already")
 
 
+MAX_JSON_BYTES = 256 << 20  # Tune's experiment state of a large sweep is a few MB
+
+
 def read_json(fs: pafs.FileSystem, path: str) -> Any:
+    """A JSON file of a sweep folder. FileNotFoundError when absent; ValueError when it is not a regular
+    file (a pipe or device, which a read could wait on or never finish) or larger than MAX_JSON_BYTES."""
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(path)
+    if info.type != pafs.FileType.File:
+        raise ValueError("not a regular file")
     with fs.open_input_stream(path) as f:
-        return json.loads(f.read())
+        raw = f.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise ValueError(f"larger than {MAX_JSON_BYTES >> 20} MiB")
+    return json.loads(raw)
 
 
 def write_bytes(fs: pafs.FileSystem, path: str, body: bytes) -> None:
@@ -317,6 +332,8 @@ def read_state(fs: pafs.FileSystem, folder: str, key: str | None = None) -> dict
     import torch
 
     try:
+        if fs.get_file_info(f"{folder}/{STATE_FILE}").type != pafs.FileType.File:
+            raise ValueError(f"{STATE_FILE} is missing or not a regular file")
         with fs.open_input_stream(f"{folder}/{STATE_FILE}") as f:
             raw = f.readall()
         state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)

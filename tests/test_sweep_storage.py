@@ -10,7 +10,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from rnncodec.sweeps.spec import SweepError
-from rnncodec.sweeps.storage import AtomicLocalFiles, check_tune_state, tune_storage
+from rnncodec.sweeps.storage import AtomicLocalFiles, check_tune_state, read_sweep_file, tune_storage
 
 ATOMIC = pafs.PyFileSystem(AtomicLocalFiles())
 
@@ -73,3 +73,17 @@ def test_damaged_tune_state_that_cannot_be_done_without_is_a_one_line_error(tmp_
     with pytest.raises(SweepError, match=r"experiment_state.*cut short") as info:
         check_tune_state(str(tmp_path), 2, print)
     assert "\n" not in str(info.value)
+    state.unlink()
+    os.mkfifo(state)  # opened, it would block Tune forever
+    with pytest.raises(SweepError, match=r"experiment_state.*cut short or damaged"):
+        check_tune_state(str(tmp_path), 2, print)
+
+
+def test_a_sweep_file_that_is_a_device_or_pipe_is_damage_not_a_hang(tmp_path):
+    (tmp_path / "sweep.json").symlink_to("/dev/zero")  # read whole, it would fill the memory
+    with pytest.raises(SweepError, match=r"sweep\.json is damaged \(not a regular file\)"):
+        read_sweep_file(str(tmp_path))
+    (tmp_path / "sweep.json").unlink()
+    os.mkfifo(tmp_path / "sweep.json")
+    with pytest.raises(SweepError, match=r"sweep\.json is damaged \(not a regular file\)"):
+        read_sweep_file(str(tmp_path))
