@@ -11,6 +11,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from rnncodec.data.files import FileError, reason
+
 
 def default_cache_dir() -> Path:
     """``$RNNCODEC_CACHE``, else ``$XDG_CACHE_HOME/rnncodec``, else ``~/.cache/rnncodec``."""
@@ -24,14 +26,28 @@ def cache_key(params: dict) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
 
 
+def lock_beside(path: Path) -> FileLock:
+    """The lock file ``.NAME.lock`` beside ``path``, its folder made first. FileError in one line when
+    either cannot be made (FileLock itself would wait forever, taking the failure for a held lock)."""
+    lock = path.parent / f".{path.name}.lock"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(lock, os.O_CREAT | os.O_RDWR, 0o666))
+    except (FileExistsError, NotADirectoryError):
+        blocking = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), path.parent)
+        raise FileError(f"{blocking} is a file, not a folder; choose a folder you can write to") from None
+    except OSError as exc:
+        raise FileError(f"cannot write in {path.parent} ({reason(exc)}); choose a folder you can write to") from None
+    return FileLock(str(lock))
+
+
 def build_once(final: Path, build: Callable[[Path], None]) -> bool:
     """Build ``final`` with ``build(tmp_folder)`` unless it exists; return whether this call built it.
 
     Concurrent callers serialise on a lock file beside ``final``; the build happens in a temporary
     sibling folder that is renamed into place only when complete, and removed on any failure.
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(final.parent / f".{final.name}.lock")):
+    with lock_beside(final):
         if final.exists():
             return False
         for stale in final.parent.glob(f".{final.name}.tmp-*"):
@@ -49,5 +65,5 @@ def build_once(final: Path, build: Callable[[Path], None]) -> bool:
 
 def remove(folder: Path) -> None:
     """Delete a cache entry under its lock, so no reader or builder sees it half-removed."""
-    with FileLock(str(folder.parent / f".{folder.name}.lock")):
+    with lock_beside(folder):
         shutil.rmtree(folder, ignore_errors=True)

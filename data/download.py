@@ -6,8 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from filelock import FileLock
-
+from rnncodec.data.cache import lock_beside
 from rnncodec.data.cifar import Layout
 from rnncodec.data.errors import DataError
 
@@ -16,8 +15,7 @@ def download_archive(layout: Layout, cache_dir: Path) -> Path:
     """``cache_dir/downloads/<archive>``, downloaded once (and checked against the official md5) if absent."""
     folder = Path(cache_dir) / "downloads"
     target = folder / layout.archive
-    folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder / f".{layout.archive}.lock")):
+    with lock_beside(target):
         if target.is_file():
             return target
         tmp = folder / f".{layout.archive}.tmp-{os.getpid()}"

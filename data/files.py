@@ -29,7 +29,7 @@ class FileError(RnncodecError):
     """A file cannot be written or read where the user asked."""
 
 
-def _reason(exc: OSError) -> str:
+def reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
@@ -42,7 +42,7 @@ def unreadable_file(path: str | Path, what: str) -> str | None:
     except (FileNotFoundError, NotADirectoryError):
         return f"no such {what} file: {path}"
     except OSError as exc:
-        return f"cannot read {path} ({_reason(exc)}); give the path of a readable {what} file"
+        return f"cannot read {path} ({reason(exc)}); give the path of a readable {what} file"
     if stat.S_ISREG(mode):
         return None
     if stat.S_ISDIR(mode):
@@ -65,13 +65,13 @@ def _write_through(path: Path, target: Path, mode: int, content: Content) -> Non
     except OSError as exc:
         if exc.errno == errno.ENXIO:
             raise FileError(f"nothing reads the FIFO {path}; start its reader first or give a file name") from None
-        raise FileError(f"cannot write {path} ({_reason(exc)}); choose another output") from None
+        raise FileError(f"cannot write {path} ({reason(exc)}); choose another output") from None
     os.set_blocking(fd, True)
     try:
         with os.fdopen(fd, "wb") as handle:
             _write(handle, content)
     except OSError as exc:
-        raise FileError(f"cannot write {path} ({_reason(exc)}); choose another output") from None
+        raise FileError(f"cannot write {path} ({reason(exc)}); choose another output") from None
 
 
 def write_atomic(path: str | Path, content: Content) -> Path:
@@ -84,7 +84,7 @@ def write_atomic(path: str | Path, content: Content) -> Path:
     except FileNotFoundError:
         mode = None
     except OSError as exc:
-        raise FileError(f"cannot write {path} ({_reason(exc)}); choose another output") from None
+        raise FileError(f"cannot write {path} ({reason(exc)}); choose another output") from None
     if mode is not None and not stat.S_ISREG(mode):
         if stat.S_ISDIR(mode):
             raise FileError(f"{path} is a folder; give a file name inside it")
@@ -106,7 +106,7 @@ def write_atomic(path: str | Path, content: Content) -> Path:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         where = f"{path} (its folder {target.parent})" if exc.filename and str(exc.filename) != str(target) else path
-        raise FileError(f"cannot write {where}: {_reason(exc)}; choose a writable location") from None
+        raise FileError(f"cannot write {where}: {reason(exc)}; choose a writable location") from None
     except BaseException:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)

@@ -57,12 +57,14 @@ def open_source(
 
 
 def _check_numbers(
-    rotations: int, size: int | None, rows_per_shard: int, hard_patches: int | None, val_fraction: float
+    rotations: int, size: int | None, seed: int, rows_per_shard: int, hard_patches: int | None, val_fraction: float
 ) -> None:
     if not 1 <= rotations <= MAX_ROTATIONS:
         raise DataError(f"--rotations {rotations} is not a number of quarter turns; use 1 (none), 2 (×2) up to 4 (×4)")
     if size is not None and size < 1:
         raise DataError(f"--size {size} must be a positive number of training images; omit it to keep them all")
+    if not 0 <= seed < 2**32:
+        raise DataError(f"--seed {seed} must be in 0..4294967295")
     if rows_per_shard < 1:
         raise DataError(f"--rows-per-shard {rows_per_shard} must be positive; the default is {DEFAULT_ROWS_PER_SHARD}")
     if hard_patches is not None and hard_patches < 1:
@@ -147,7 +149,7 @@ def prepare(
     else a folder of ``cache_dir`` (default ``$RNNCODEC_CACHE`` or ``~/.cache/rnncodec``) named by the
     parameters' hash. ``force`` rebuilds an existing folder.
     """
-    _check_numbers(rotations, size, rows_per_shard, hard_patches, val_fraction)
+    _check_numbers(rotations, size, seed, rows_per_shard, hard_patches, val_fraction)
     cache_dir = Path(cache_dir).expanduser() if cache_dir else cache.default_cache_dir()
     src = open_source(
         source,

@@ -41,6 +41,16 @@ def _iterations(text: str, most: int = MAX_ITERATIONS) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an int") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError("must be in 0..4294967295 (numpy's seeds)")
+    return value
+
+
 def _train_iterations(text: str) -> int:
     return _iterations(text, MAX_TRAIN_ITERATIONS)
 
@@ -191,7 +201,7 @@ def _add_codec_commands(sub: argparse._SubParsersAction) -> None:
                    help="also write the checkpoint every STEPS steps (default: 500)")
     p.add_argument("--init", type=Path, metavar="CKPT",
                    help="start from this checkpoint's weights (same cell and width; the mode may differ)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     p.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on GPUs and CPUs with native bf16 (AVX512-BF16, AMX); ignored elsewhere")
     p.add_argument("--deterministic", action="store_true",
@@ -278,7 +288,7 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
                    help="keep each training image in K quarter-turn orientations (2 doubles, 4 quadruples; default 1)")
     p.add_argument("--size", type=int, metavar="N", help="draw N training images (after rotation) with --seed; "
                    "default: all")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --size subset (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the --size subset (default 0)")
     p.add_argument("--out", type=Path, metavar="DIR", help="write into DIR instead of a parameter-named folder of "
                    "the cache")
     p.add_argument("--cache-dir", type=Path, metavar="DIR",
@@ -302,7 +312,7 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", type=Path, metavar="PNG", help="where to write the grid (default ./<folder name>-grid.png)")
     p.add_argument("--split", default="train", help="split shown in the grid (default train)")
     p.add_argument("--samples", type=positive(int), default=64, metavar="N", help="images in the grid (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="seed choosing the grid's images (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed choosing the grid's images (default 0)")
     p.add_argument("--no-verify", action="store_true", help="check shard sizes only, not their sha256")
     p.add_argument("--cache-dir", type=Path, metavar="DIR", help="where a URI's folder is copied (default: the cache)")
     p.set_defaults(func=_data_info)

@@ -13,7 +13,7 @@ import pytest
 
 from rnncodec import data
 from rnncodec.data import reader
-from rnncodec.data.files import file_digest
+from rnncodec.data.files import FileError, file_digest
 from rnncodec.data.shards import IMAGE_BYTES, MANIFEST, SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,12 +109,23 @@ def test_bad_parameters_fail_before_any_work(tmp_path):
         ({"size": 0}, "--size 0"),
         ({"val_fraction": 1.0}, "--val-fraction"),
         ({"root": tmp_path}, "--root applies to CIFAR"),
+        ({"size": 2, "seed": -5}, "--seed -5 must be in 0..4294967295"),
     ]:
         with pytest.raises(data.DataError, match=message):
             data.prepare("sample", cache_dir=tmp_path / "cache", **kwargs)
     with pytest.raises(data.DataError, match="unknown source 'imagenet'"):
         data.prepare("imagenet", cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_cache_or_out_folder_that_cannot_be_made_is_a_one_line_error_not_a_hang(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for kwargs in ({"cache_dir": tmp_path / "afile"}, {"out": tmp_path / "afile" / "sub"}):
+        with pytest.raises(FileError, match=f"{tmp_path / 'afile'} is a file, not a folder; choose a folder"):
+            data.prepare("sample", **kwargs)
+    if Path("/proc/self").is_dir():  # where nothing can be created, even by root: FileLock alone would wait forever
+        with pytest.raises(FileError, match="cannot write in /proc .*choose a folder you can write to"):
+            data.prepare("sample", out="/proc/rnncodec-out", cache_dir=tmp_path)
 
 
 def damage(path: Path, truncate: bool) -> None:
