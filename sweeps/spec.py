@@ -18,6 +18,7 @@ import itertools
 import json
 import math
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -402,7 +403,7 @@ def parse_spec(raw: Any, origin: str = "sweep file") -> Sweep:
         raise SweepError(f"{origin} must be a YAML mapping of keys ({', '.join(TOP)}), got {type(raw).__name__}")
     for k in raw:
         if k not in TOP:
-            raise SweepError(f"{origin}: unknown key {shown(k)}; allowed keys are {', '.join(TOP)}")
+            raise SweepError(f"unknown top-level key {shown(k)}; allowed keys are {', '.join(TOP)}")
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise SweepError(f"name: {shown(name)} is not a sweep name; use letters, digits, '.', '_' or '-' (at most 100)")
@@ -521,12 +522,21 @@ def load_spec(path: str | Path) -> Sweep:
                          "give a YAML sweep file (see sweeps/demo.yaml)")
     try:
         raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader
+        if raw is None:
+            raise SweepError("the file is empty; start from sweeps/demo.yaml")
         if _expanded_size(raw, {}, set()) > MAX_VALUES:
             raise SweepError(f"the file expands to more than {MAX_VALUES:,} values through YAML aliases; "
                              "write the values out")
-        return parse_spec(raw, str(path))
+        return parse_spec(raw, "the file")
     except SweepError as exc:
         raise SweepError(f"{path}: {exc}") from None
+    except yaml.reader.ReaderError as exc:
+        code = ord(exc.character) if isinstance(exc.character, str) else exc.character
+        raise SweepError(f"{path} holds a character YAML does not allow (#x{code:04x} at character "
+                         f"{exc.position}); remove it") from None
+    except ValueError:  # PyYAML's int() of a number longer than Python reads
+        raise SweepError(f"{path} holds a number too long to read (over {sys.get_int_max_str_digits()} digits); "
+                         "no setting needs one: shorten it") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

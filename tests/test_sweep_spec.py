@@ -85,7 +85,7 @@ def test_seed_derives_from_configuration_and_repeat():
 @pytest.mark.parametrize(
     "raw, words",
     [
-        (minimal(colour="red"), ["unknown key 'colour'", "allowed keys are", "fixed"]),
+        (minimal(colour="red"), ["unknown top-level key 'colour'", "allowed keys are", "fixed"]),
         (minimal(fixed={"batchsize": 8}), ["fixed: unknown key 'batchsize'", "batch_size"]),
         (minimal(fixed={"cell": "lstn"}), ["fixed.cell", "'lstn'", "lstm, gru"]),
         (minimal(fixed={"loss": "ssim"}), ["fixed.loss", "l1, mse, psnr, ms-ssim"]),
@@ -208,10 +208,24 @@ def test_hostile_yaml_is_refused_quickly_in_one_line(tmp_path, content, match):
     assert "\n" not in str(info.value) and len(str(info.value)) < 400
 
 
+@pytest.mark.parametrize("content, match", [
+    ("name: t\x00\n", r"holds a character YAML does not allow \(#x0000 at character 7\); remove it"),
+    ("name: t\nfixed: {batch_size: " + "9" * 5000 + "}\n", r"holds a number too long to read \(over \d+ digits\)"),
+    ("", r"s\.yaml: the file is empty; start from sweeps/demo\.yaml"),
+    ("1.5: x\n", r"s\.yaml: unknown top-level key 1\.5; allowed keys are name"),
+])
+def test_unreadable_values_and_characters_are_one_line_errors(tmp_path, content, match):
+    path = tmp_path / "s.yaml"
+    path.write_text(content)
+    with pytest.raises(SweepError, match=match) as info:
+        load_spec(path)
+    assert "\n" not in str(info.value) and str(info.value).count("s.yaml") == 1
+
+
 def test_yaml_merge_keys_may_override_what_they_merge(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("name: t\ndata: {source: sample}\nbase: &base {epochs: 2, lr: 0.001}\n")
-    with pytest.raises(SweepError, match="unknown key 'base'"):
+    with pytest.raises(SweepError, match="unknown top-level key 'base'"):
         load_spec(path)  # the anchor must live somewhere the schema allows: here it does not
     path.write_text("name: t\ndata: {source: sample}\nfixed: {<<: {epochs: 2, lr: 0.001}, lr: 0.002}\n")
     assert load_spec(path).fixed["lr"] == 0.002
