@@ -164,9 +164,15 @@ def folder_source(folder: Path, *, hard_patches: int | None = None, val_fraction
     """Every image under ``folder`` (recursively), named by its path relative to it."""
     folder = Path(folder).expanduser().resolve()
     if not folder.is_dir():
-        raise DataError(f"photo folder {folder} does not exist; give folder:PATH an existing folder of PNG/JPEG files")
+        problem = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise DataError(f"photo folder {folder} {problem}; give folder:PATH an existing folder of PNG/JPEG files")
     paths = list_images(folder, recursive=True)
     photos = [(p.relative_to(folder).as_posix(), p) for p in paths]
+    for name, _ in photos:
+        try:
+            name.encode()
+        except UnicodeEncodeError:  # the shards keep names as UTF-8 strings
+            raise DataError(f"{folder}: the file name {ascii(name)} is not valid UTF-8; rename it") from None
     listing = hashlib.sha256(
         json.dumps([(name, p.stat().st_size, p.stat().st_mtime_ns) for name, p in photos]).encode()
     ).hexdigest()

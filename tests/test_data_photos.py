@@ -1,5 +1,6 @@
 """Photo sources: tiling, hard patches, held-out photos, the built-in sample."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,9 @@ def test_folder_errors_are_one_clear_line(tmp_path):
         data.prepare(f"folder:{tmp_path / 'empty'}", cache_dir=tmp_path / "cache")
     with pytest.raises(data.DataError, match="does not exist"):
         data.prepare(f"folder:{tmp_path / 'nowhere'}", cache_dir=tmp_path / "cache")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(data.DataError, match="afile is a file, not a folder"):
+        data.prepare(f"folder:{tmp_path / 'afile'}", cache_dir=tmp_path / "cache")
     (tmp_path / "bad").mkdir()
     noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     Image.fromarray(noise).save(tmp_path / "bad" / "broken.png")
@@ -120,3 +124,14 @@ def test_folder_errors_are_one_clear_line(tmp_path):
         data.prepare(f"folder:{tmp_path / 'bad'}", cache_dir=tmp_path / "cache")
     assert "\n" not in str(error.value)
     assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_a_file_name_that_is_not_utf8_is_named_not_a_traceback(tmp_path):
+    (tmp_path / "photos").mkdir()
+    try:
+        path = Path(os.fsdecode(bytes(tmp_path / "photos") + b"/\xff\xfe.png"))
+        Image.new("RGB", (64, 64)).save(path, format="PNG")
+    except (OSError, UnicodeError):
+        pytest.skip("this filesystem refuses names that are not UTF-8")
+    with pytest.raises(data.DataError, match=r"the file name '\\udcff\\udcfe\.png' is not valid UTF-8; rename it"):
+        data.prepare(f"folder:{tmp_path / 'photos'}", cache_dir=tmp_path / "cache")
