@@ -194,6 +194,8 @@ def parse_manifest(raw: bytes, where: str, fix: str) -> dict:
 def read_manifest(folder: Path) -> dict:
     """The manifest of a prepared folder (see ``parse_manifest``)."""
     path = Path(folder) / MANIFEST
+    if not Path(folder).is_dir():
+        raise DataError(f"no such folder: {folder}; give a folder made by `rnncodec data prepare`")
     if not path.is_file():
         raise DataError(
             f"{folder} holds no {MANIFEST}: it is not a prepared dataset; run `rnncodec data prepare` first"

@@ -39,7 +39,7 @@ from rnncodec.codec.options import (
 )
 from rnncodec.data.errors import DataError, RnncodecError, shown
 from rnncodec.data.files import unreadable_file
-from rnncodec.data.sources import SOURCES, check_source
+from rnncodec.data.sources import CIFAR, SOURCES, check_source
 
 
 class SweepError(RnncodecError):
@@ -416,6 +416,9 @@ def parse_spec(raw: Any, origin: str = "sweep file") -> Sweep:
             check_source(data["source"])
         except DataError as exc:
             raise SweepError(f"data.source: {exc}") from None
+        if data["root"] is not None and data["source"] not in CIFAR:
+            raise SweepError(f"data.root (or --data-root) applies to CIFAR sources only, not to {data['source']}; "
+                             "remove it")
     fixed = _section("fixed", raw.get("fixed"), TRAIN)
     raw_axes = raw.get("axes") or {}
     if not isinstance(raw_axes, dict):

@@ -49,7 +49,7 @@ def test_prepare_into_out_dir(tmp_path, capsys):
     [
         (["prepare", "--source", "mnist"], "unknown source 'mnist'"),
         (["prepare", "--source", "sample", "--rotations", "0"], "--rotations 0"),
-        (["info", "/nonexistent/folder"], "not a prepared dataset"),
+        (["info", "/nonexistent/folder"], "no such folder: /nonexistent/folder; give a folder made by"),
     ],
 )
 def test_bad_input_is_one_line(argv, message, tmp_path, capsys):
