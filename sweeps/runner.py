@@ -26,7 +26,7 @@ import pyarrow.fs as pafs
 
 from rnncodec.data.remote import is_uri, publish
 from rnncodec.sweeps.results import collect
-from rnncodec.sweeps.spec import Sweep, SweepError, check_resources, load_spec, trial_key
+from rnncodec.sweeps.spec import Sweep, SweepError, check_resources, check_train_size, load_spec, trial_key
 from rnncodec.sweeps.storage import (
     DATA_FOLDER,
     SWEEP_FILE,
@@ -54,13 +54,20 @@ def prepare_data(spec: Sweep, accept_unverified: bool = False) -> str:
 
     d = spec.data
     if d["location"]:
-        for split in ("train", "val"):
-            open_split(d["location"], split, verify_sha256=True, cache_dir=d["cache_dir"]).close()
-        return d["location"]
-    folder = prepare(d["source"], root=d["root"], rotations=d["rotations"], size=d["size"], seed=d["seed"],
-                     cache_dir=d["cache_dir"], hard_patches=d["hard_patches"], val_fraction=d["val_fraction"],
-                     accept_unverified=accept_unverified)
-    return str(folder)
+        for split in ("val", "train"):
+            reader = open_split(d["location"], split, verify_sha256=True, cache_dir=d["cache_dir"])
+            reader.close()
+        folder = d["location"]
+    else:
+        folder = str(prepare(d["source"], root=d["root"], rotations=d["rotations"], size=d["size"], seed=d["seed"],
+                             cache_dir=d["cache_dir"], hard_patches=d["hard_patches"],
+                             val_fraction=d["val_fraction"], accept_unverified=accept_unverified))
+        reader = open_split(folder, "train", verify_sha256=False)
+        reader.close()
+    axis = spec.axes.get("train_size")
+    for train_size in (spec.fixed.get("train_size"), *(axis.values if axis else ())):
+        check_train_size(train_size, len(reader))
+    return folder
 
 
 def _local_gpus() -> int:

@@ -551,6 +551,13 @@ def load_spec(path: str | Path) -> Sweep:
         raise SweepError(f"{path} nests its values too deeply; flatten it") from None
 
 
+def check_train_size(train_size: int | None, prepared: int) -> None:
+    """Refuse a ``train_size`` above the ``prepared`` training images."""
+    if train_size is not None and train_size > prepared:
+        raise SweepError(f"train_size {train_size} exceeds the {prepared} prepared training images; lower it, "
+                         "or prepare more (data.size, data.rotations)")
+
+
 def check_resources(sweep: Sweep, cpus: float, gpus: float) -> None:
     """Refuse a trial that cannot fit the machine (``cpus``/``gpus`` available) before anything starts."""
     need = sweep.resources["cpus"]

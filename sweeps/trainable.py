@@ -50,7 +50,7 @@ from rnncodec.data.errors import DataError
 from rnncodec.data.images import image_grid
 from rnncodec.data.loader import BatchLoader
 from rnncodec.data.reader import ShardReader, open_split
-from rnncodec.sweeps.spec import SweepError, trial_key, trial_seed
+from rnncodec.sweeps.spec import SweepError, check_train_size, trial_key, trial_seed
 from rnncodec.sweeps.storage import (
     META_FILE,
     STATE_FILE,
@@ -109,9 +109,7 @@ def training_subset(size: int, train_size: int | None, seed: int) -> np.ndarray:
     are nested in larger ones and every repeat of a configuration sees the same images."""
     if train_size is None:
         return np.arange(size)
-    if train_size > size:
-        raise SweepError(f"train_size {train_size} exceeds the {size} prepared training images; lower it, "
-                         "or prepare more (data.size, data.rotations)")
+    check_train_size(train_size, size)
     return np.sort(np.random.default_rng([seed, 7]).permutation(size)[:train_size])
 
 

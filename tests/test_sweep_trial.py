@@ -309,3 +309,14 @@ def test_a_stopped_workers_exit_is_not_reported_as_an_ignored_exception(capsys, 
     assert "SystemExit" not in capsys.readouterr().err
     Dies(ValueError("a real problem"))
     assert "a real problem" in capsys.readouterr().err
+
+
+def test_a_train_size_above_the_prepared_images_is_refused_before_any_trial(prepared):
+    from rnncodec.sweeps.runner import prepare_data
+
+    def spec(axes):
+        return parse_spec({"name": "t", "data": {"location": prepared}, "fixed": {"epochs": 1}, "axes": axes})
+
+    assert prepare_data(spec({"train_size": [16, 128]})) == prepared
+    with pytest.raises(SweepError, match="train_size 129 exceeds the 128 prepared training images; lower it"):
+        prepare_data(spec({"train_size": [16, 129]}))
