@@ -12,9 +12,11 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -112,6 +114,30 @@ def write_atomic(path: str | Path, content: Content) -> Path:
             Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def staged_files(folder: str | Path) -> Iterator[Path]:
+    """A hidden folder inside ``folder`` to write a set of files into. When the block ends normally each
+    file is renamed into ``folder``; when it fails none is, so the set there before stays whole (a report
+    is never half new, half old)."""
+    folder = Path(folder).expanduser()
+    made = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=folder, prefix=".staging-"))
+    except OSError as exc:
+        raise FileError(f"cannot write in {folder} ({reason(exc)}); choose a folder you can write to") from None
+    done = False
+    try:
+        yield stage
+        for path in sorted(stage.iterdir()):
+            os.replace(path, folder / path.name)
+        done = True
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        if made and not done and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def write_json(path: str | Path, payload: Any) -> Path:

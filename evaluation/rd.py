@@ -125,7 +125,9 @@ def load_images(folder: str | Path, limit: int | None = None, crop: int | None =
     return images
 
 
-def _named(images: Sequence[Any]) -> NamedImages:
+def checked_images(images: Sequence[Any]) -> NamedImages:
+    """``(name, H×W×3 uint8)`` of each of ``images`` (paths, such pairs or arrays); CodecError in one line
+    for any that is not an RGB image large enough for 5-scale MS-SSIM."""
     out = []
     for i, item in enumerate(images):
         if isinstance(item, (str, Path)):
@@ -141,7 +143,7 @@ def _named(images: Sequence[Any]) -> NamedImages:
             raise CodecError(f"{name}: expected an H×W×3 uint8 RGB image, got {im.dtype} {im.shape}")
         if min(im.shape[:2]) < MIN_MS_SSIM_SIDE:
             raise CodecError(f"{name} is {im.shape[1]}×{im.shape[0]}; standard 5-scale MS-SSIM needs at least "
-                             f"{MIN_MS_SSIM_SIDE} pixels a side (use larger images or a larger --crop)")
+                             f"{MIN_MS_SSIM_SIDE} pixels a side; use larger images (or, with `rnncodec eval`, a larger --crop)")
     return out
 
 
@@ -263,7 +265,7 @@ def evaluate_checkpoint(model: RNNCodec, images: Sequence[Any], iterations: str 
     image (for progress bars)."""
     ks = parse_iterations(iterations)
     how = timing_description(timing, timing_images)
-    named = _named(images)
+    named = checked_images(images)
     model.eval()
     compress(model, np.zeros((32, 32, 3), np.uint8), 1)  # warm-up: model id, lazy initialisation
     rows = []
@@ -312,7 +314,7 @@ def evaluate_baseline(key: str, images: Sequence[Any], qualities: Sequence[int] 
     """Rate–distortion of a Pillow baseline (``jpeg``, ``jpeg444``, ``webp``, ``avif``) over a
     quality sweep; same format as :func:`evaluate_checkpoint` with ``quality`` as the point key."""
     (key,) = _baselines.parse_baselines(key)
-    named = _named(images)
+    named = checked_images(images)
     rows = _baselines.run_baseline(key, named, tuple(qualities), image_metrics_many, advance)
     b = _baselines.BASELINES[key]
     return {"name": b.name, "description": b.description(), "results": _mean_results(rows, "quality"),

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from rnncodec.data.errors import RnncodecError
-from rnncodec.data.files import write_atomic
+from rnncodec.data.files import staged_files, write_atomic
 from rnncodec.sweeps.analysis import (
     ALIGN,
     ALPHA,
@@ -275,15 +275,14 @@ def best_per_configuration(spec: Sweep, trials: list[dict[str, Any]]) -> dict[st
     return {label: (t, folder) for label, (_, t, folder) in chosen.items()}
 
 
-def _rd_curves(out: Path, spec: Sweep, trials: list[dict[str, Any]], fs: pafs.FileSystem, images: str | Path,
-               anchors: str | Path | None, limit: int | None) -> list[str]:
-    """Rate–distortion of each configuration's best checkpoint on ``images`` (e.g. Kodak), through
+def _rd_curves(out: Path, spec: Sweep, trials: list[dict[str, Any]], fs: pafs.FileSystem,
+               named: list[tuple[str, Any]], anchors: str | Path | None) -> list[str]:
+    """Rate–distortion of each configuration's best checkpoint on ``named`` images (e.g. Kodak), through
     the same code as ``rnncodec eval``, drawn over the published curves in ``anchors``."""
     from rnncodec.codec.checkpoint import model_from_state
     from rnncodec.evaluation import plots as rd_plots
     from rnncodec.evaluation import rd as evaluation
 
-    named = evaluation.load_images(images, limit=limit)
     results = []
     for label, (t, folder) in sorted(best_per_configuration(spec, trials).items())[:8]:
         model = model_from_state(read_state(fs, folder)["model"], folder)
@@ -516,10 +515,23 @@ def write_report(location: str, out: str | Path | None = None, images: str | Pat
         if "://" in location:
             raise SweepError("the sweep is on remote storage; give --out FOLDER for the report")
         out = Path(location) / "report"
-    out = Path(out)
     table = rows(spec, trials)
     if not table:
         raise SweepError(f"{location} has no completed epoch yet; wait for the first checkpoints or resume the sweep")
+    named = _checked_images(images, limit) if images is not None else None  # before any long work
+    with staged_files(out) as stage:
+        figures = _write_report(stage, location, spec, trials, table, stored, named, anchors)
+    return {"out": str(out), "rows": len(table), "figures": figures}
+
+
+def _checked_images(images: str | Path, limit: int | None) -> list[tuple[str, Any]]:
+    from rnncodec.evaluation import rd as evaluation
+
+    return evaluation.checked_images(evaluation.load_images(images, limit=limit))
+
+
+def _write_report(out: Path, location: str, spec: Sweep, trials: list[dict[str, Any]], table: list[dict[str, Any]],
+                  stored: dict[str, Any], named: list[tuple[str, Any]] | None, anchors: str | Path | None) -> list[str]:
     columns: list[str] = []
     for r in table:
         columns += [k for k in r if k not in columns]
@@ -540,14 +552,14 @@ def write_report(location: str, out: str | Path | None = None, images: str | Pat
     captions = _reconstructions(out / "reconstructions.png", spec, trials, stored["context"]["data"], fs)
     if captions:
         figures.append("reconstructions.png")
-    if images is not None:
-        figures += _rd_curves(out, spec, trials, fs, images, anchors, limit)
+    if named is not None:
+        figures += _rd_curves(out, spec, trials, fs, named, anchors)
     runs = Path(location, "wandb", "wandb")
     text = summary_markdown(spec, trials, figures,
                             len(list(runs.glob("*run-*"))) if "://" not in location and runs.is_dir() else None,
                             captions)
     write_atomic(out / "summary.md", text)
-    return {"out": str(out), "rows": len(table), "figures": figures}
+    return figures
 
 
 __all__ = ["collect", "status_table", "summary_markdown", "write_report"]

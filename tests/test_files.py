@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rnncodec.data.files import FileError, check_file_name, unreadable_file, write_atomic
+from rnncodec.data.files import FileError, check_file_name, staged_files, unreadable_file, write_atomic
 
 
 def test_a_regular_file_is_replaced_whole_and_keeps_its_mode(tmp_path):
@@ -107,3 +107,24 @@ def test_only_regular_files_are_readable_inputs(tmp_path):
     for special in (tmp_path / "pipe", "/dev/null"):
         assert unreadable_file(special, "sweep").endswith("is not a regular file (a device, pipe or socket); "
                                                           "give the path of the sweep file")
+
+
+def test_staged_files_appear_together_or_not_at_all(tmp_path):
+    out = tmp_path / "report"
+    with staged_files(out) as stage:
+        (stage / "a.csv").write_text("new a")
+        (stage / "b.md").write_text("new b")
+    assert sorted(p.name for p in out.iterdir()) == ["a.csv", "b.md"]
+    with pytest.raises(RuntimeError, match="figure failed"):
+        with staged_files(out) as stage:
+            (stage / "a.csv").write_text("newer a")
+            raise RuntimeError("figure failed")
+    assert sorted(p.name for p in out.iterdir()) == ["a.csv", "b.md"] and (out / "a.csv").read_text() == "new a"
+    with pytest.raises(RuntimeError):
+        with staged_files(tmp_path / "fresh"):
+            raise RuntimeError
+    assert not (tmp_path / "fresh").exists()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FileError, match="cannot write in .*afile/sub"):
+        with staged_files(tmp_path / "afile" / "sub"):
+            pass

@@ -22,6 +22,7 @@ ray = pytest.importorskip("ray")
 from PIL import Image  # noqa: E402
 
 from rnncodec.data import sample_images  # noqa: E402
+from rnncodec.data.errors import RnncodecError  # noqa: E402
 from rnncodec.sweeps import runner  # noqa: E402
 from rnncodec.sweeps.results import best_per_configuration, collect, status_table, write_report  # noqa: E402
 from rnncodec.sweeps.spec import parse_spec  # noqa: E402
@@ -101,6 +102,11 @@ def test_failing_trials_are_retried_from_their_checkpoints_and_logged(cluster, t
     assert {"results.csv", "summary.md", "curves_by_batch_size.png", "reconstructions.png",
             "rd_psnr.png", "rd_ms-ssim-db.png"} <= {p.name for p in out.iterdir()}
     assert "batch_size 8 vs 16" in (out / "summary.md").read_text()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    Image.fromarray(dict(sample_images())["coffee"][:64, :64]).save(photos / "small.png")
+    with pytest.raises(RnncodecError, match=r"small\.png is 64×64; standard 5-scale MS-SSIM needs at least"):
+        write_report(location, images=photos)  # refused before any work: the report there stays as it was
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def _driver(args, log, cwd=ROOT):
