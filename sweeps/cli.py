@@ -344,10 +344,12 @@ def _sweep_resume(args: argparse.Namespace) -> int:
 def _sweep_status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from rnncodec.sweeps.results import status_table
+    from rnncodec.sweeps.results import damaged, status_table
 
-    table, _, _ = status_table(args.path)
+    table, _, trials = status_table(args.path)
     Console(width=None if sys.stdout.isatty() else 160).print(table)
+    for note in damaged(trials):
+        _say(f"note: passed over the damaged checkpoint {note}")
     return 0
 
 
@@ -355,6 +357,8 @@ def _sweep_report(args: argparse.Namespace) -> int:
     from rnncodec.sweeps.results import write_report
 
     result = write_report(args.path, args.out, images=args.images, anchors=args.anchors, limit=args.limit)
+    for note in result["damaged"]:
+        _say(f"note: passed over the damaged checkpoint {note}")
     _say(f"wrote {result['out']}: results.csv ({result['rows']} rows), {', '.join(result['figures'])}, summary.md")
     print(result["out"])
     return 0

@@ -32,6 +32,7 @@ from rnncodec.sweeps.analysis import (
 )
 from rnncodec.sweeps.spec import Sweep, SweepError
 from rnncodec.sweeps.storage import (
+    PLAIN,
     TRIALS_FILE,
     checkpoints,
     filesystem,
@@ -48,15 +49,24 @@ def _trial_states(fs: pafs.FileSystem, root: str) -> dict[str, dict[str, Any]]:
         states = read_json(fs, f"{root}/{TRIALS_FILE}")
     except (OSError, ValueError):
         return {}
-    return {k: v for k, v in states.items() if isinstance(v, dict)} if isinstance(states, dict) else {}
+    if not isinstance(states, dict):
+        return {}
+    kinds = {"status": str, "failures": int, "error": str, "started": (int, float), "config": dict}
+    out = {k: {f: v[f] for f, kind in kinds.items() if isinstance(v.get(f), kind) and not isinstance(v[f], bool)}
+           for k, v in states.items() if isinstance(v, dict)}
+    for state in out.values():  # Tune's config: plain values, and the grid point as a mapping of them
+        state["config"] = {k: v for k, v in state.get("config", {}).items()
+                           if (isinstance(v, dict) and all(isinstance(x, PLAIN) for x in v.values())
+                               if k == "point" else isinstance(v, PLAIN))}
+    return out
 
 
 def collect(location: str) -> tuple[Sweep, list[dict[str, Any]]]:
     """The sweep and one record per trial: folder, status, failures, when the driver last started it,
-    params, repeat, epoch, history, the newest complete checkpoint and ``checkpoints`` (epoch → folder of
-    every complete one)."""
+    params, repeat, epoch, history, the newest complete checkpoint, ``checkpoints`` (epoch → folder of
+    every complete one) and ``damaged`` (checkpoints passed over, and why)."""
     stored = read_sweep_file(location)
-    spec = Sweep.from_dict(stored["spec"])
+    spec = stored["sweep"]
     fs, root = filesystem(location)
     states = _trial_states(fs, root)
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
@@ -67,8 +77,10 @@ def collect(location: str) -> tuple[Sweep, list[dict[str, Any]]]:
         config = state.get("config") if isinstance(state.get("config"), dict) else {}
         record = {"trial": name, "status": state.get("status", "PENDING"), "failures": state.get("failures", 0),
                   "error": state.get("error"), "started": state.get("started"), "config": config, "params": {},
-                  "repeat": None, "epoch": 0, "history": [], "checkpoint": None, "checkpoints": {}}
-        for epoch, folder, meta in checkpoints(fs, f"{root}/{name}") if name in folders else []:
+                  "repeat": None, "epoch": 0, "history": [], "checkpoint": None, "checkpoints": {}, "damaged": []}
+        for epoch, folder, meta, problem in checkpoints(fs, f"{root}/{name}") if name in folders else []:
+            if problem:
+                record["damaged"].append(f"{folder}: {problem}")
             if meta is None or not is_complete(fs, folder, meta) or not isinstance(meta.get("history"), list):
                 continue  # not a saved epoch
             record["checkpoints"].setdefault(epoch, folder)
@@ -521,7 +533,12 @@ def write_report(location: str, out: str | Path | None = None, images: str | Pat
     named = _checked_images(images, limit) if images is not None else None  # before any long work
     with staged_files(out) as stage:
         figures = _write_report(stage, location, spec, trials, table, stored, named, anchors)
-    return {"out": str(out), "rows": len(table), "figures": figures}
+    return {"out": str(out), "rows": len(table), "figures": figures, "damaged": damaged(trials)}
+
+
+def damaged(trials: list[dict[str, Any]]) -> list[str]:
+    """The checkpoints :func:`collect` passed over as damaged, each with why."""
+    return [note for t in trials for note in t["damaged"]]
 
 
 def _checked_images(images: str | Path, limit: int | None) -> list[tuple[str, Any]]:
@@ -562,4 +579,4 @@ def _write_report(out: Path, location: str, spec: Sweep, trials: list[dict[str, 
     return figures
 
 
-__all__ = ["collect", "status_table", "summary_markdown", "write_report"]
+__all__ = ["collect", "damaged", "status_table", "summary_markdown", "write_report"]

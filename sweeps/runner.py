@@ -277,7 +277,7 @@ def resume(location: str, *, address: str | None = None, num_cpus: int | None = 
     if not is_uri(location):
         location = str(Path(location).expanduser().resolve())
     stored = read_sweep_file(location)
-    spec = Sweep.from_dict(stored["spec"])
+    spec = stored["sweep"]
     context = dict(stored["context"], experiment=location)
     if address is None:
         check_resources(spec, float(num_cpus or os.cpu_count() or 1), float(_local_gpus()))

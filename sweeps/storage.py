@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 from rnncodec.data.errors import RnncodecError
 from rnncodec.data.files import write_atomic
 from rnncodec.data.remote import is_uri, open_filesystem
-from rnncodec.sweeps.spec import SweepError
+from rnncodec.sweeps.spec import Sweep, SweepError
 
 SWEEP_FILE = "sweep.json"
 TRIALS_FILE = "trials.json"  # the trials' states, written by the driver (trial_status.StatusWriter)
@@ -232,7 +232,10 @@ def read_json(fs: pafs.FileSystem, path: str) -> Any:
         raw = f.read(MAX_JSON_BYTES + 1)
     if len(raw) > MAX_JSON_BYTES:
         raise ValueError(f"larger than {MAX_JSON_BYTES >> 20} MiB")
-    return json.loads(raw)
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def write_bytes(fs: pafs.FileSystem, path: str, body: bytes) -> None:
@@ -268,7 +271,8 @@ def check_writable(location: str) -> None:
 
 
 def read_sweep_file(location: str) -> dict[str, Any]:
-    """``sweep.json`` of a sweep folder; SweepError when the folder is no sweep."""
+    """``sweep.json`` of a sweep folder, with its spec parsed as ``sweep``; SweepError when the folder is
+    no sweep or the file is damaged."""
     fs, path = filesystem(location)
     try:
         stored = read_json(fs, f"{path}/{SWEEP_FILE}")
@@ -277,8 +281,15 @@ def read_sweep_file(location: str) -> dict[str, Any]:
                          "that `rnncodec sweep run` printed") from None
     except (ValueError, RecursionError) as exc:
         raise SweepError(f"{location}/{SWEEP_FILE} is damaged ({exc}); the sweep cannot be resumed") from None
-    if not isinstance(stored, dict) or not isinstance(stored.get("spec"), dict) or not isinstance(stored.get("context"), dict):
-        raise SweepError(f"{location}/{SWEEP_FILE} is damaged (no spec or context); the sweep cannot be resumed")
+    if (not isinstance(stored, dict) or not isinstance(stored.get("spec"), dict)
+            or not isinstance(stored.get("context"), dict) or not isinstance(stored["context"].get("data"), str)):
+        raise SweepError(f"{location}/{SWEEP_FILE} is damaged (no spec, context or data location); "
+                         "the sweep cannot be resumed")
+    try:
+        stored["sweep"] = Sweep.from_dict(stored["spec"])
+    except SweepError as exc:
+        raise SweepError(f"{location}/{SWEEP_FILE} holds a sweep this version refuses ({exc}); "
+                         "run it again with `rnncodec sweep run`") from None
     return stored
 
 
@@ -300,9 +311,53 @@ def checkpoint_index(folder: str) -> int:
     return int(m[1]) if m else -1
 
 
-def checkpoints(fs: pafs.FileSystem, trial_dir: str) -> list[tuple[int, str, dict[str, Any] | None]]:
-    """``(epoch, folder, meta)`` of the trial's checkpoint folders, newest epoch first; ``meta`` is the
-    folder's meta.json, or None (and the epoch -1) when it cannot be read."""
+PLAIN = (str, int, float, bool, type(None))
+_COUNT_LIMIT = 10**15  # steps, images, bytes: far above any real run, small enough for float arithmetic
+
+
+def _whole(value: Any, lo: int, hi: int = _COUNT_LIMIT) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def meta_problem(meta: Any) -> str | None:
+    """What is wrong with a checkpoint's meta.json as rnncodec writes it, or None: the fields that
+    resume, status and report compute with must have their types and sane ranges."""
+    if not isinstance(meta, dict):
+        return "not a JSON object"
+    if not _whole(meta.get("epoch"), 0, 10**6):
+        return "epoch is not a whole number in 0..1000000"
+    for key in ("report", "state_bytes"):
+        if key in meta and not _whole(meta[key], 0):
+            return f"{key} is not a whole number"
+    params = meta.get("params", {})
+    if not isinstance(params, dict) or not all(isinstance(v, PLAIN) for v in params.values()):
+        return "params is not a mapping of plain values"
+    if meta.get("repeat") is not None and not _whole(meta["repeat"], 0):
+        return "repeat is not a whole number"
+    history = meta.get("history", [])
+    if not isinstance(history, list):
+        return "history is not a list"
+    for i, entry in enumerate(history):
+        if not isinstance(entry, dict) or not _whole(entry.get("epoch"), 1, 10**6) or not _whole(entry.get("steps"), 0):
+            return f"history[{i}] lacks a whole epoch and step count"
+        for key, value in entry.items():
+            if key == "probes":
+                if not isinstance(value, list) or not all(
+                        isinstance(p, dict) and _whole(p.get("steps"), 0)
+                        and all(isinstance(v, (int, float, type(None))) for v in p.values()) for p in value):
+                    return f"history[{i}].probes is not a list of step-counted numbers"
+                continue
+            numeric = key.endswith(("_time", "_at")) or key == "samples_seen"
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) if numeric
+                    else isinstance(value, PLAIN)):
+                return f"history[{i}].{key} is a {type(value).__name__}, not a {'number' if numeric else 'plain value'}"
+    return None
+
+
+def checkpoints(fs: pafs.FileSystem, trial_dir: str) -> list[tuple[int, str, dict[str, Any] | None, str | None]]:
+    """``(epoch, folder, meta, problem)`` of the trial's checkpoint folders, newest epoch first. ``meta``
+    is the folder's meta.json, or None (and the epoch -1) when it cannot be used: ``problem`` then says
+    why, unless the file is absent (a copy still under way)."""
     try:
         infos = fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
     except (OSError, ValueError):
@@ -311,12 +366,17 @@ def checkpoints(fs: pafs.FileSystem, trial_dir: str) -> list[tuple[int, str, dic
     for info in infos:
         if info.type != pafs.FileType.Directory or checkpoint_index(info.path) < 0:
             continue
+        meta, problem = None, None
         try:
             meta = read_json(fs, f"{info.path}/{META_FILE}")
-            epoch = int(meta["epoch"])
-        except Exception:  # noqa: BLE001 - any damage means: unknown, tried last
-            meta, epoch = None, -1
-        found.append((epoch, info.path, meta))
+            problem = meta_problem(meta)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - any damage means: unknown, tried last
+            problem = f"unreadable ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]})"
+        if problem is not None:
+            meta = None
+        found.append((meta["epoch"] if meta else -1, info.path, meta, problem and f"{META_FILE} {problem}"))
     return sorted(found, key=lambda t: (t[0], checkpoint_index(t[1])), reverse=True)
 
 

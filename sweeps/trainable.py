@@ -75,7 +75,7 @@ def latest_state(places: list[tuple[pafs.FileSystem, str]], key: str, warn: Call
     and the highest report number any checkpoint shows (readable or not)."""
     seen, candidates, reports = set(), [], 0
     for fs, trial_dir in places:
-        for epoch, folder, meta in checkpoints(fs, trial_dir):
+        for epoch, folder, meta, _ in checkpoints(fs, trial_dir):
             if folder not in seen:
                 seen.add(folder)
                 candidates.append((epoch, folder, fs))

@@ -5,14 +5,25 @@ import gc
 import json
 import os
 import pickle
+import re
 
 import pyarrow.fs as pafs
 import pytest
 
 from rnncodec.sweeps.spec import SweepError
-from rnncodec.sweeps.storage import AtomicLocalFiles, check_tune_state, read_sweep_file, tune_storage
+from rnncodec.sweeps.storage import (
+    AtomicLocalFiles,
+    check_tune_state,
+    checkpoints,
+    meta_problem,
+    read_sweep_file,
+    tune_storage,
+)
 
 ATOMIC = pafs.PyFileSystem(AtomicLocalFiles())
+
+
+LOCAL = pafs.LocalFileSystem()
 
 
 def test_a_copy_into_local_storage_appears_whole_and_an_abandoned_one_not_at_all(tmp_path):
@@ -87,3 +98,55 @@ def test_a_sweep_file_that_is_a_device_or_pipe_is_damage_not_a_hang(tmp_path):
     os.mkfifo(tmp_path / "sweep.json")
     with pytest.raises(SweepError, match=r"sweep\.json is damaged \(not a regular file\)"):
         read_sweep_file(str(tmp_path))
+
+
+GOOD_META = {"epoch": 2, "report": 1, "state_bytes": 10, "repeat": 0, "params": {"batch_size": 8, "grad_clip": None},
+             "history": [{"epoch": 1, "steps": 5, "wall_time": 1.5, "device": "cpu", "val/psnr": float("nan"),
+                          "probes": [{"steps": 3, "val/psnr": 20.0}]}]}
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({}, None),
+    ({"epoch": "2"}, "epoch is not a whole number"),
+    ({"epoch": 10**300}, "epoch is not a whole number"),
+    ({"state_bytes": "10"}, "state_bytes is not a whole number"),
+    ({"params": [1]}, "params is not a mapping of plain values"),
+    ({"params": {"batch_size": [8]}}, "params is not a mapping of plain values"),
+    ({"history": {"epoch": 1}}, "history is not a list"),
+    ({"history": [{"epoch": 1}]}, r"history\[0\] lacks a whole epoch and step count"),
+    ({"history": [{"epoch": 1, "steps": "5"}]}, r"history\[0\] lacks a whole epoch and step count"),
+    ({"history": [{"epoch": 1, "steps": 5, "wall_time": "x"}]}, r"history\[0\]\.wall_time is a str, not a number"),
+    ({"history": [{"epoch": 1, "steps": 5, "probes": 5}]}, r"history\[0\]\.probes is not a list"),
+    ({"history": [{"epoch": 1, "steps": 5, "probes": [{"val/psnr": 1.0}]}]}, r"history\[0\]\.probes is not a list"),
+])
+def test_a_damaged_meta_is_named_and_passed_over(tmp_path, change, problem):
+    meta = {**GOOD_META, **change}
+    folder = tmp_path / "trial" / "checkpoint_000001"
+    folder.mkdir(parents=True)
+    (folder / "meta.json").write_text(json.dumps(meta))
+    (epoch, _, read, why), = checkpoints(LOCAL, str(tmp_path / "trial"))
+    if problem is None:
+        assert meta_problem(meta) is None and epoch == 2 and read is not None and why is None
+    else:
+        assert re.search(problem, meta_problem(meta)) and epoch == -1 and read is None
+        assert re.search(f"meta.json {problem}", why)
+
+
+def test_a_damaged_trials_file_and_meta_are_read_around_and_named(tmp_path):
+    from rnncodec.sweeps.results import collect, damaged
+
+    spec = {"name": "t", "data": {"source": "sample"}, "fixed": {"epochs": 2}, "axes": {"batch_size": [8, 16]}}
+    (tmp_path / "sweep.json").write_text(json.dumps({"spec": spec, "context": {"data": "x"}}))
+    (tmp_path / "trials.json").write_text(json.dumps({
+        "trial_0": {"status": ["x"], "failures": "many", "started": "yesterday", "error": {"a": 1},
+                    "config": {"point": 5, "batch_size": [8], "repeat": 0}},
+        "trial_1": "not a mapping"}))
+    folder = tmp_path / "trial_0" / "checkpoint_000000"
+    folder.mkdir(parents=True)
+    (folder / "meta.json").write_text(json.dumps({**GOOD_META, "history": [{"epoch": "1"}]}))
+    _, trials = collect(str(tmp_path))
+    first = trials[0]
+    assert (first["status"], first["failures"], first["error"], first["started"]) == ("PENDING", 0, None, None)
+    assert first["params"]["batch_size"] == 32 and first["history"] == []  # the listed value dropped: the default
+    (note,) = damaged(trials)
+    assert note.startswith(str(folder)) and "meta.json history[0] lacks a whole epoch" in note

@@ -139,7 +139,7 @@ def test_unreadable_checkpoint_falls_back_to_the_previous_then_restarts(tmp_path
     short = {**params, "epochs": 2}
     trial.run(short, data=prepared)
     newest = checkpoints(LOCAL, str(trial.path))
-    assert [e for e, _, _ in newest] == [2, 1]
+    assert [e for e, _, _, _ in newest] == [2, 1]
     (Path(newest[0][1]) / "state.pt").write_bytes(b"not a checkpoint")
     warnings = []
     trial.run(short, data=prepared, warn=warnings.append)
@@ -149,7 +149,7 @@ def test_unreadable_checkpoint_falls_back_to_the_previous_then_restarts(tmp_path
     assert trial.metrics[2]["resumed_from_epoch"] == 1
     assert trial.metrics[2]["val/psnr"] == trial.metrics[1]["val/psnr"]  # same numbers as the first time
 
-    for _, folder, _ in checkpoints(LOCAL, str(trial.path)):
+    for _, folder, _, _ in checkpoints(LOCAL, str(trial.path)):
         (Path(folder) / "state.pt").write_bytes(b"")
     warnings.clear()
     trial.metrics.clear()
