@@ -223,7 +223,7 @@ def _add_codec_commands(sub: argparse._SubParsersAction) -> None:
     coding.add_argument("--entropy-coding", dest="raw", action="store_false",
                         help="entropy-code the bits with the adaptive context model (version 2 file; the default)")
     coding.add_argument("--raw", action="store_true", help="store the bits raw (version 1 file, the old layout)")
-    p.set_defaults(func=_compress)
+    p.set_defaults(func=_compress, raw=False)  # argparse takes a shared dest's default from its first action
 
     p = sub.add_parser("decompress", help="decompress an rnncodec file to PNG",
                        description="Decode an rnncodec file, optionally only its first K iterations.")

@@ -60,6 +60,9 @@ def test_compress_then_decompress_full_and_a_prefix(trained, tmp_path):
             assert decoded[coding, len(extra)].shape == (45, 70, 3)
     assert (tmp_path / "in--raw.rnnc").stat().st_size == 29 + 2 * (3 * 5 * 32 // 8 + 4)
     assert (tmp_path / "in--entropy-coding.rnnc").read_bytes()[4] == 2  # version 2: entropy coded
+    result = run("compress", str(tmp_path / "in.png"), str(tmp_path / "default.rnnc"), "--checkpoint", str(trained),
+                 "--iterations", "2")
+    assert result.returncode == 0 and (tmp_path / "default.rnnc").read_bytes()[4] == 2  # as the help says
     for extra in (0, 2):
         assert np.array_equal(decoded["--raw", extra], decoded["--entropy-coding", extra])  # lossless
 
