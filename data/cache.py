@@ -11,7 +11,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from rnncodec.data.files import FileError, reason
+from rnncodec.data.files import FileError, file_in_the_way, reason
 
 
 def default_cache_dir() -> Path:
@@ -34,7 +34,7 @@ def lock_beside(path: Path) -> FileLock:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.close(os.open(lock, os.O_CREAT | os.O_RDWR, 0o666))
     except (FileExistsError, NotADirectoryError):
-        blocking = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), path.parent)
+        blocking = file_in_the_way(path) or path.parent
         raise FileError(f"{blocking} is a file, not a folder; choose a folder you can write to") from None
     except OSError as exc:
         raise FileError(f"cannot write in {path.parent} ({reason(exc)}); choose a folder you can write to") from None

@@ -52,6 +52,35 @@ def unreadable_file(path: str | Path, what: str) -> str | None:
     return f"{path} is not a regular file (a device, pipe or socket); give the path of the {what} file"
 
 
+def file_in_the_way(path: str | Path) -> Path | None:
+    """The existing file (not folder) among ``path``'s parents, which stops anything being made there."""
+    return next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)
+
+
+def check_output(path: str | Path, *inputs: str | Path) -> None:
+    """Refuse, before any work, an output file path that cannot be written: a folder, a path under a file,
+    or one of the ``inputs`` (writing it would destroy the input)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise FileError(f"{path} is a folder; give a file name inside it")
+    if blocking := file_in_the_way(path):
+        raise FileError(f"{blocking} is a file, not a folder; choose a folder you can write to")
+    for source in inputs:
+        try:
+            same = os.path.samefile(path, source)
+        except OSError:  # either is missing or unreadable: not the same file
+            same = False
+        if same:
+            raise FileError(f"{path} is the input file itself; give another output path")
+
+
+def check_output_folder(path: str | Path) -> None:
+    """Refuse, before any work, an output folder that is a file or lies under one."""
+    path = Path(path).expanduser()
+    if blocking := path if path.exists() and not path.is_dir() else file_in_the_way(path):
+        raise FileError(f"{blocking} is a file, not a folder; give a folder for the results")
+
+
 def _write(handle: BinaryIO, content: Content) -> None:
     if callable(content):
         content(handle)

@@ -174,7 +174,8 @@ def list_images(folder: str | Path, recursive: bool = False, suffixes: Sequence[
     every mean computed over it. Folders named like images are passed over."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise DataError(f"no such folder: {folder}")
+        raise DataError(f"{folder} is a file, not a folder; give a folder of images" if folder.exists()
+                        else f"no such folder: {folder}")
     found = folder.rglob("*") if recursive else folder.iterdir()
     files = sorted(p for p in found if p.suffix.lower() in suffixes and not p.is_dir())
     for path in files:

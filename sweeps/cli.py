@@ -41,6 +41,12 @@ def _iterations(text: str, most: int = MAX_ITERATIONS) -> int:
     return value
 
 
+def _path(text: str) -> Path:
+    if not text:
+        raise argparse.ArgumentTypeError("is empty; give a path")
+    return Path(text)
+
+
 def _seed(text: str) -> int:
     try:
         value = int(text)
@@ -68,7 +74,7 @@ def _qualities(text: str) -> tuple[int, ...]:
 def _console(stderr: bool = True):
     from rich.console import Console
 
-    return Console(stderr=stderr, soft_wrap=True, highlight=False)
+    return Console(stderr=stderr, soft_wrap=True, highlight=False, markup=False, emoji=False)  # paths print as given
 
 
 def _device(name: str):
@@ -97,7 +103,9 @@ def _train(args: argparse.Namespace) -> int:
     from rnncodec.codec.checkpoint import save_checkpoint, warm_start
     from rnncodec.codec.model import CodecConfig, RNNCodec
     from rnncodec.codec.training import PatchStream, TrainConfig, Trainer
+    from rnncodec.data.files import check_output
 
+    check_output(args.out)
     console = _console()
     torch.manual_seed(args.seed)
     device = _device(args.device)
@@ -136,9 +144,10 @@ def _compress(args: argparse.Namespace) -> int:
     from rnncodec.codec.allocator import reuse_freed_memory
     from rnncodec.codec.bitstream import compress
     from rnncodec.codec.checkpoint import load_checkpoint
-    from rnncodec.data.files import write_atomic
+    from rnncodec.data.files import check_output, write_atomic
     from rnncodec.data.images import load_image
 
+    check_output(args.out, args.image)
     reuse_freed_memory()
     image = load_image(args.image)
     model = load_checkpoint(args.checkpoint)
@@ -154,8 +163,10 @@ def _decompress(args: argparse.Namespace) -> int:
     from rnncodec.codec.allocator import reuse_freed_memory
     from rnncodec.codec.bitstream import decompress, read_bitstream
     from rnncodec.codec.checkpoint import load_checkpoint
+    from rnncodec.data.files import check_output
     from rnncodec.data.images import save_png
 
+    check_output(args.out, args.input)
     reuse_freed_memory()
     data = read_bitstream(args.input)
     image = decompress(load_checkpoint(args.checkpoint), data, args.iterations)
@@ -172,7 +183,7 @@ def _add_codec_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="DIR|SHARDS|sample",
                    help="folder of images (random crops), a folder written by `rnncodec data prepare` "
                    "(its train split, shuffled per epoch), or 'sample' for the photographs shipped with scikit-image")
-    p.add_argument("--out", required=True, type=Path, metavar="CKPT", help="checkpoint file to write")
+    p.add_argument("--out", required=True, type=_path, metavar="CKPT", help="checkpoint file to write")
     p.add_argument("--cell", choices=CELLS, default="lstm", help="recurrent cell (default: lstm)")
     p.add_argument("--mode", choices=MODES, default="additive", help="reconstruction mode (default: additive)")
     p.add_argument("--width", type=positive(float), default=0.25,
@@ -199,7 +210,7 @@ def _add_codec_commands(sub: argparse._SubParsersAction) -> None:
                    "the decoder's output is divided by it (1..2; default: 1, off)")
     p.add_argument("--save-every", type=positive(int), default=500, metavar="STEPS",
                    help="also write the checkpoint every STEPS steps (default: 500)")
-    p.add_argument("--init", type=Path, metavar="CKPT",
+    p.add_argument("--init", type=_path, metavar="CKPT",
                    help="start from this checkpoint's weights (same cell and width; the mode may differ)")
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
     p.add_argument("--device", default="auto", help="'auto' (CUDA when present), 'cpu' or 'cuda[:N]'")
@@ -213,9 +224,9 @@ def _add_codec_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compress", help="compress an image to an rnncodec file",
                        description="Compress an image with a trained codec. Each iteration adds 0.125 bpp of codes, "
                        "entropy-coded by default (a version 2 file).")
-    p.add_argument("image", type=Path, help="input image (PNG, JPEG, …)")
-    p.add_argument("out", type=Path, help="output bitstream file")
-    p.add_argument("--checkpoint", type=Path, metavar="CKPT",
+    p.add_argument("image", type=_path, help="input image (PNG, JPEG, …)")
+    p.add_argument("out", type=_path, help="output bitstream file")
+    p.add_argument("--checkpoint", type=_path, metavar="CKPT",
                    help="trained model checkpoint (default: the model bundled with rnncodec)")
     p.add_argument("--iterations", type=_iterations, default=8,
                    help="iterations to code, 0.125 bpp each before entropy coding (default: 8)")
@@ -227,9 +238,9 @@ def _add_codec_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("decompress", help="decompress an rnncodec file to PNG",
                        description="Decode an rnncodec file, optionally only its first K iterations.")
-    p.add_argument("input", type=Path, help="bitstream written by `rnncodec compress`")
-    p.add_argument("out", type=Path, help="output PNG")
-    p.add_argument("--checkpoint", type=Path, metavar="CKPT",
+    p.add_argument("input", type=_path, help="bitstream written by `rnncodec compress`")
+    p.add_argument("out", type=_path, help="output PNG")
+    p.add_argument("--checkpoint", type=_path, metavar="CKPT",
                    help="the checkpoint that compressed it (default: the model bundled with rnncodec)")
     p.add_argument("--iterations", type=_iterations, default=None, help="decode only the first K iterations")
     p.set_defaults(func=_decompress)
@@ -282,16 +293,16 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
         description="Write SOURCE as uncompressed Arrow IPC shards plus manifest.json, keyed by the parameters: "
         "a second call with the same parameters reuses (and verifies) the same folder. Prints the folder.")
     p.add_argument("--source", required=True, help=f"one of: {SOURCES}")
-    p.add_argument("--root", type=Path, help="CIFAR archive (.tar.gz), its extracted folder, or a folder holding "
+    p.add_argument("--root", type=_path, help="CIFAR archive (.tar.gz), its extracted folder, or a folder holding "
                    "them; default: download into the cache")
     p.add_argument("--rotations", type=int, default=1, metavar="K",
                    help="keep each training image in K quarter-turn orientations (2 doubles, 4 quadruples; default 1)")
     p.add_argument("--size", type=int, metavar="N", help="draw N training images (after rotation) with --seed; "
                    "default: all")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the --size subset (default 0)")
-    p.add_argument("--out", type=Path, metavar="DIR", help="write into DIR instead of a parameter-named folder of "
+    p.add_argument("--out", type=_path, metavar="DIR", help="write into DIR instead of a parameter-named folder of "
                    "the cache")
-    p.add_argument("--cache-dir", type=Path, metavar="DIR",
+    p.add_argument("--cache-dir", type=_path, metavar="DIR",
                    help="cache folder (default $RNNCODEC_CACHE, else $XDG_CACHE_HOME/rnncodec or ~/.cache/rnncodec)")
     p.add_argument("--accept-unverified", action="store_true",
                    help="use a CIFAR archive whose md5 sums differ from the official ones (it is unpickled: trust it first)")
@@ -309,12 +320,12 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
         description="Verify a prepared folder (local path or pyarrow URI), print its splits and manifest, "
         "and write a PNG grid of sample images.")
     p.add_argument("dir", metavar="DIR", help="prepared folder, or a URI such as s3://bucket/dataset")
-    p.add_argument("--grid", type=Path, metavar="PNG", help="where to write the grid (default ./<folder name>-grid.png)")
+    p.add_argument("--grid", type=_path, metavar="PNG", help="where to write the grid (default ./<folder name>-grid.png)")
     p.add_argument("--split", default="train", help="split shown in the grid (default train)")
     p.add_argument("--samples", type=positive(int), default=64, metavar="N", help="images in the grid (default 64)")
     p.add_argument("--seed", type=_seed, default=0, help="seed choosing the grid's images (default 0)")
     p.add_argument("--no-verify", action="store_true", help="check shard sizes only, not their sha256")
-    p.add_argument("--cache-dir", type=Path, metavar="DIR", help="where a URI's folder is copied (default: the cache)")
+    p.add_argument("--cache-dir", type=_path, metavar="DIR", help="where a URI's folder is copied (default: the cache)")
     p.set_defaults(func=_data_info)
 
 
@@ -439,9 +450,11 @@ def _eval(args: argparse.Namespace) -> int:
     from rnncodec.codec.allocator import reuse_freed_memory
     from rnncodec.codec.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
     from rnncodec.evaluation import baselines, kodak, rd
+    from rnncodec.data.files import check_output_folder, staged_files
     from rnncodec.evaluation.plots import load_anchors, rd_plot
     from rnncodec.evaluation.results import write_results
 
+    check_output_folder(args.out)
     reuse_freed_memory()
     console = _console()
     iterations = rd.parse_iterations(args.iterations)
@@ -478,9 +491,10 @@ def _eval(args: argparse.Namespace) -> int:
                          "names": [n for n, _ in images]}
     summary["iterations"] = iterations
     summary["timing"] = timing
-    paths = write_results(args.out, [*ours, *raws, *base], summary)
     title = f"{len(images)} images from {args.images.name}" + (f", {args.crop}×{args.crop} crops" if args.crop else "")
-    paths += rd_plot([*ours, *raws, *base], anchors, args.out, title=title)
+    with staged_files(args.out) as stage:  # the whole set of results, or none of it
+        paths = write_results(stage, [*ours, *raws, *base], summary)
+        paths += rd_plot([*ours, *raws, *base], anchors, stage, title=title)
     _print_eval(console, ours, summary)
     console.print(f"wrote {len(paths)} files to {args.out}: " + ", ".join(p.name for p in paths))
     return 0
@@ -529,10 +543,10 @@ def _add_eval_command(sub: argparse._SubParsersAction) -> None:
         "of --timing exact. Encode/decode times are real compress and decompress calls at counts 1, 2, 4, 8, … "
         "and the largest on the first --timing-images images (1 by default), averaged over those only. --timing "
         "exact compresses and decompresses afresh at every count on every image and times each: for 1-16, 8.5 times the codec work.")
-    p.add_argument("--checkpoint", type=Path, action="append", metavar="CKPT",
+    p.add_argument("--checkpoint", type=_path, action="append", metavar="CKPT",
                    help="model checkpoint (repeat to compare several; default: the model bundled with rnncodec)")
-    p.add_argument("--images", required=True, type=Path, metavar="DIR", help="folder of test images (Kodak)")
-    p.add_argument("--out", required=True, type=Path, metavar="RESULTS_DIR", help="folder for the results")
+    p.add_argument("--images", required=True, type=_path, metavar="DIR", help="folder of test images (Kodak)")
+    p.add_argument("--out", required=True, type=_path, metavar="RESULTS_DIR", help="folder for the results")
     p.add_argument("--iterations", default="1-16", metavar="SPEC",
                    help="iteration counts: a range and/or list, e.g. 1-16 or 1,2,4,8,16 (default: 1-16)")
     p.add_argument("--baselines", default=None, metavar="LIST",
@@ -540,7 +554,7 @@ def _add_eval_command(sub: argparse._SubParsersAction) -> None:
                    "none (default: jpeg,webp)")
     p.add_argument("--qualities", type=_qualities, default=None, metavar="LIST",
                    help="baseline qualities (default: 5,10,…,95 as CompressAI)")
-    p.add_argument("--anchors", type=Path, default=None, metavar="DIR",
+    p.add_argument("--anchors", type=_path, default=None, metavar="DIR",
                    help="folder of published curves to overlay (e.g. ../shared/anchors/kodak)")
     p.add_argument("--timing", choices=("sample", "exact", "prefix"), default="sample",
                    help="sample: score every image from one compress at the largest count (smaller counts are its "

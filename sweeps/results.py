@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from rnncodec.data.errors import RnncodecError
-from rnncodec.data.files import staged_files, write_atomic
+from rnncodec.data.files import check_output_folder, staged_files, write_atomic
 from rnncodec.sweeps.analysis import (
     ALIGN,
     ALPHA,
@@ -104,6 +104,7 @@ def best(spec: Sweep, history: list[dict[str, Any]]) -> float | None:
 def status_table(location: str):
     """A rich Table of the sweep's trials: state, epoch of total, failures, best metric, axis values."""
     from rich.table import Table
+    from rich.text import Text
 
     spec, trials = collect(location)
     table = Table(title=f"sweep {spec.name}: {location}")
@@ -111,9 +112,9 @@ def status_table(location: str):
         table.add_column(col, justify="left" if col in ("trial", "state") else "right")
     for t in trials:
         b = best(spec, t["history"])
-        table.add_row(t["trial"], t["status"], f"{t['epoch']}/{spec.fixed['epochs']}", str(t["failures"]),
-                      "-" if b is None else f"{b:.4f}", *(str(t["params"].get(a, "?")) for a in spec.axes),
-                      str(t["repeat"]))
+        cells = (t["trial"], t["status"], f"{t['epoch']}/{spec.fixed['epochs']}", str(t["failures"]),
+                 "-" if b is None else f"{b:.4f}", *(str(t["params"].get(a, "?")) for a in spec.axes), str(t["repeat"]))
+        table.add_row(*map(Text, cells))  # as written, never read as rich markup
     return table, spec, trials
 
 
@@ -527,6 +528,7 @@ def write_report(location: str, out: str | Path | None = None, images: str | Pat
         if "://" in location:
             raise SweepError("the sweep is on remote storage; give --out FOLDER for the report")
         out = Path(location) / "report"
+    check_output_folder(out)
     table = rows(spec, trials)
     if not table:
         raise SweepError(f"{location} has no completed epoch yet; wait for the first checkpoints or resume the sweep")

@@ -129,11 +129,30 @@ def test_outputs_that_cannot_be_written_are_one_line_errors(trained, tmp_path, w
     (tmp_path / "a-file").write_text("x")
     out = {"under-a-file": tmp_path / "a-file" / "out", "a-folder": tmp_path,
            "proc": Path("/proc/rnncodec-test/out")}[where]
-    words = "is a folder" if where == "a-folder" else "cannot write"
+    words = {"a-folder": "is a folder", "under-a-file": "a-file is a file, not a folder"}.get(where, "cannot write")
     ck = ["--checkpoint", str(trained)]
     _fails_cleanly(run("compress", str(tmp_path / "in.png"), str(out), *ck, "--iterations", "1"), words)
     run("compress", str(tmp_path / "in.png"), str(tmp_path / "in.rnnc"), *ck, "--iterations", "1")
     _fails_cleanly(run("decompress", str(tmp_path / "in.rnnc"), str(out), *ck), words)
+
+
+def test_an_output_that_is_the_input_or_empty_is_refused_and_paths_print_as_given(trained, tmp_path):
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "in.png")
+    before = (tmp_path / "in.png").read_bytes()
+    ck = ["--checkpoint", str(trained)]
+    _fails_cleanly(run("compress", str(tmp_path / "in.png"), str(tmp_path / "in.png"), *ck), "is the input file itself")
+    assert (tmp_path / "in.png").read_bytes() == before
+    usage = run("compress", str(tmp_path / "in.png"), "", *ck)
+    assert usage.returncode == 2 and "argument out: is empty; give a path" in usage.stderr
+    odd = tmp_path / "[red]x[/]:cross_mark:.rnnc"  # rich would read markup and emoji codes in it
+    result = run("compress", str(tmp_path / "in.png"), str(odd), *ck, "--iterations", "1")
+    assert result.returncode == 0 and f"wrote {odd}:" in result.stderr, result.stderr
+    link = tmp_path / "same.rnnc"
+    link.symlink_to(odd)
+    _fails_cleanly(run("decompress", str(odd), str(link), *ck), "is the input file itself")
+    _fails_cleanly(run("eval", "--images", str(tmp_path), "--out", str(tmp_path / "in.png"), *ck),
+                   "in.png is a file, not a folder; give a folder for the results")
+    _fails_cleanly(run("train", "--data", "sample", "--out", str(tmp_path)), "is a folder; give a file name inside it")
 
 
 def test_image_bombs_and_animations_are_refused_before_decoding(trained, tmp_path):
