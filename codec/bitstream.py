@@ -45,7 +45,7 @@ from rnncodec.codec.image import to_input, to_pixels
 from rnncodec.codec.model import RNNCodec
 from rnncodec.codec.options import MAX_BITS, MAX_ITERATIONS, STRIDE
 from rnncodec.data.files import unreadable_file
-from rnncodec.data.images import to_rgb8
+from rnncodec.data.images import MAX_PIXELS, to_rgb8
 
 MAGIC = b"RNNC"
 RAW, CONTEXT = 0, 1  # coders: raw packed bits (version 1 files), the adaptive context model (version 2)
@@ -116,8 +116,9 @@ def parse_header(data: bytes) -> Header:
     coder = coder[0] if coder else RAW
     if version == 2 and coder != CONTEXT:
         raise CodecError(f"the file's codes use coder {coder}, which this rnncodec does not know; upgrade rnncodec")
-    if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
-        raise CodecError(f"the header's image size {width}×{height} is outside 1..{MAX_SIDE}; the file is corrupted")
+    if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE) or width * height > MAX_PIXELS:
+        raise CodecError(f"the header's image size {width}×{height} is outside 1..{MAX_SIDE} a side or above "
+                         f"{MAX_PIXELS:,} pixels, larger than any image compress writes; the file is corrupted")
     if not 1 <= iterations <= MAX_ITERATIONS:
         raise CodecError(f"the header's iteration count {iterations} is outside 1..{MAX_ITERATIONS}; the file is corrupted")
     if not 1 <= bits <= MAX_BITS:
@@ -215,8 +216,9 @@ def _as_rgb8(image: np.ndarray | Image.Image) -> np.ndarray:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise CodecError(f"expected an H×W×3 uint8 RGB image, got {image.dtype} of shape {image.shape}; "
                          "read files with codec.load_image")
-    if not (1 <= image.shape[0] <= MAX_SIDE and 1 <= image.shape[1] <= MAX_SIDE):
-        raise CodecError(f"image size {image.shape[1]}×{image.shape[0]} is outside 1..{MAX_SIDE} pixels a side")
+    if not (1 <= image.shape[0] <= MAX_SIDE and 1 <= image.shape[1] <= MAX_SIDE) or image[..., 0].size > MAX_PIXELS:
+        raise CodecError(f"image size {image.shape[1]}×{image.shape[0]} is outside 1..{MAX_SIDE} pixels a side or "
+                         f"above {MAX_PIXELS:,} pixels; split it into smaller images")
     return image
 
 
@@ -301,8 +303,7 @@ def _intact(header: Header, data: bytes, iterations: int | None) -> tuple[Header
                          f"decode at most {complete} (--iterations {complete})" if complete else
                          "the file is truncated before its first iteration's codes ends; nothing can be decoded")
     if iterations is None and len(data) != chunks[-1][2]:
-        raise CodecError(f"the file has {len(data) - chunks[-1][2]} bytes of trailing data after its last iteration; "
-                         "it is corrupted or not an rnncodec file")
+        raise CodecError("the file has trailing data after its last iteration; it is corrupted or not an rnncodec file")
     view = memoryview(data)
     for t, (start, length, end) in enumerate(chunks[:k]):
         covered = start if header.coder == RAW else start - _LENGTH.size  # version 2 checks the length too

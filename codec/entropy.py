@@ -120,13 +120,13 @@ class ContextCoder:
         model = constriction.stream.model.Bernoulli(perfect=False)
         try:
             decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, "<u4").copy())
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, AssertionError) as exc:  # constriction asserts on invalid data
             raise CodecError(f"an iteration's coded bits cannot be decoded ({exc}); the file is corrupted") from None
 
         def code_front(ys: np.ndarray, xs: np.ndarray, p: np.ndarray) -> np.ndarray:
             try:
                 return decoder.decode(model, p.ravel()).reshape(p.shape).astype(np.uint8)
-            except (ValueError, RuntimeError) as exc:
+            except (ValueError, RuntimeError, AssertionError) as exc:  # constriction asserts on invalid data
                 raise CodecError(f"an iteration's coded bits cannot be decoded ({exc}); the file is corrupted") from None
 
         return self._code(code_front)

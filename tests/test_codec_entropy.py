@@ -110,9 +110,33 @@ def test_hostile_lengths_and_payloads_are_refused_or_decode_without_harm(model, 
 
 
 def test_a_tiny_file_cannot_declare_a_huge_image(model):
-    """A version 2 header for 65535×65535 at 16 iterations with a few bytes of codes: the smallest
-    payload such an image can take is ~24 MB per iteration, so it is refused from the lengths alone."""
-    header = bitstream.Header(65535, 65535, 16, 32, 1024, bitstream.model_id(model), bitstream.CONTEXT)
+    """A version 2 header for 8192×8192 at 16 iterations with a few bytes of codes: the smallest payload
+    such an image can take is ~370 kB per iteration, so it is refused from the lengths alone; larger
+    images than compress writes are refused from the header."""
+    header = bitstream.Header(8192, 8192, 16, 32, 1024, bitstream.model_id(model), bitstream.CONTEXT)
     hostile = header.pack() + _with_crc(struct.pack(">I", 64) + bytes(64))
     with pytest.raises(CodecError, match="iteration 1 declares 64 bytes"):
         decompress(model, hostile)
+    header = bitstream.Header(16384, 16384, 16, 32, 1024, bitstream.model_id(model), bitstream.CONTEXT)
+    with pytest.raises(CodecError, match="image size 16384×16384 is outside .* above 67,108,864 pixels"):
+        decompress(model, header.pack() + _with_crc(struct.pack(">I", 64) + bytes(64)))
+
+
+def test_a_resized_header_with_a_valid_checksum_fails_in_one_line(model, photos):
+    """The size fields change what the range decoder expects of every payload; constriction then asserts
+    (an AssertionError, not a ValueError), which must still reach the user as a CodecError."""
+    from dataclasses import replace
+
+    data = compress(model, photos[1], 2)
+    header = parse_header(data)
+    rest = data[len(header.pack()):]
+    outcomes = set()
+    for dh, dw in [(-16, 0), (16, 0), (0, 16), (16, 16), (-32, -32), (1, 0), (0, -1), (64, 0)]:
+        resized = replace(header, height=header.height + dh, width=header.width + dw)
+        try:
+            decompress(model, resized.pack() + rest)
+            outcomes.add("decoded")
+        except CodecError as exc:
+            assert "\n" not in str(exc)
+            outcomes.add(str(exc)[:60])
+    assert any("cannot be decoded" in o for o in outcomes), outcomes
