@@ -10,8 +10,9 @@ import hashlib
 import io
 import json
 import pickle
+import re
+import warnings
 import weakref
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,8 @@ def _weights_problem(expected: dict[str, tuple[int, ...]], weights: dict) -> str
         return f"{len(unexpected)} unknown weights, e.g. {shown(unexpected[:3])}"
     for name, shape in expected.items():
         value = weights[name]
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-            return f"{name} is {shown(value)}, not a floating-point tensor"
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.layout != torch.strided:
+            return f"{name} is {shown(value)}, not a dense floating-point tensor"
         if tuple(value.shape) != shape:
             return f"{name} has shape {tuple(value.shape)} where the configuration needs {shape}"
         # A tensor can declare more elements than the file stores (stride 0); copying it into the
@@ -107,10 +108,27 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if problem := unreadable_file(path, "checkpoint"):
         raise CodecError(problem)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CodecError(f"{path} is not a readable checkpoint ({first}); give a file written by `rnncodec train`") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on old pickle protocols: the error says enough
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if found := re.search(r"GLOBAL (\S+)", text):
+            raise CodecError(f"{path} holds Python objects besides tensors ({found[1].rstrip('.,')}), which rnncodec never writes "
+                             "and never loads (they can run code); give a file written by `rnncodec train`") from None
+        if text.startswith("Weights only load failed"):  # the cause sits among torch's advice on turning it off
+            lines = (line.strip() for line in text.splitlines()[1:])
+            text = next((line for line in lines if line and not line.startswith(("Please", "Check", "("))), "")
+        raise _unreadable(path, pickle.UnpicklingError(text)) from None
+    except Exception as exc:  # noqa: BLE001 - torch.load of damaged bytes fails in a dozen ways, all bad input
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: Exception) -> CodecError:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    first = first if len(first) <= 160 else first[:160] + "…"
+    first = f"{type(exc).__name__}: {first}" if len(first) < 30 else first  # "KeyError: 101" rather than "101"
+    return CodecError(f"{path} is not a readable checkpoint ({first}); give a file written by `rnncodec train`")
 
 
 def load_checkpoint(path: str | Path | None = None) -> RNNCodec:

@@ -46,14 +46,24 @@ class _Exploit:
         return (print, ("pwned",))
 
 
-def test_unsafe_or_foreign_files_are_refused(tmp_path):
+def test_unsafe_or_foreign_files_are_refused(tmp_path, capsys):
     evil = tmp_path / "evil.pt"
     torch.save({"x": _Exploit()}, evil)
-    with pytest.raises(CodecError, match="not a readable checkpoint"):
+    with pytest.raises(CodecError, match=r"holds Python objects besides tensors \(print\), which rnncodec never writes"):
         load_checkpoint(evil)
+    assert "pwned" not in capsys.readouterr().out
     (tmp_path / "junk.pt").write_bytes(pickle.dumps([1, 2, 3]) + b"junk")
     with pytest.raises(CodecError, match="not a readable checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
+    for name, content in [("text.pt", b"hello\n"), ("stream.pt", b"RNNC\x02" + bytes(40))]:
+        (tmp_path / name).write_bytes(content)  # torch.load fails on these with KeyError and IndexError
+        with pytest.raises(CodecError, match=r"not a readable checkpoint \(\w+Error: "):
+            load_checkpoint(tmp_path / name)
+    sparse = model_state(RNNCodec(CodecConfig(width=0.125)))
+    sparse["state_dict"]["encoder.conv.weight"] = sparse["state_dict"]["encoder.conv.weight"].to_sparse()
+    torch.save(sparse, tmp_path / "sparse.pt")
+    with pytest.raises(CodecError, match="encoder.conv.weight is .*, not a dense floating-point tensor"):
+        load_checkpoint(tmp_path / "sparse.pt")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(CodecError, match="not an rnncodec model checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
@@ -127,8 +137,8 @@ _MISSING = object()
 @pytest.mark.parametrize("name, value, match", [
     ("decoder.conv_out.weight", _MISSING, r"1 weights missing, e.g. \['decoder.conv_out.weight'\]"),
     ("extra", torch.zeros(1), "1 unknown weights"),
-    ("encoder.conv.weight", [0.0] * 8, r"encoder.conv.weight is \[0.0, .*not a floating-point tensor"),
-    ("encoder.conv.weight", torch.zeros(8, 3, 3, 3, dtype=torch.int64), "not a floating-point tensor"),
+    ("encoder.conv.weight", [0.0] * 8, r"encoder.conv.weight is \[0.0, .*not a dense floating-point tensor"),
+    ("encoder.conv.weight", torch.zeros(8, 3, 3, 3, dtype=torch.int64), "not a dense floating-point tensor"),
     # a stride-0 view of one stored value declaring the weight's full shape
     ("encoder.conv.weight", torch.zeros(1).expand(8, 3, 3, 3), "declares 216 values but the file stores fewer"),
 ])
