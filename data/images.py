@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps
 
 from rnncodec.data.errors import DataError
 from rnncodec.data.files import unreadable_file, write_atomic
@@ -115,14 +115,16 @@ def _open(path: Path) -> Image.Image:
         raise DataError(problem)
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on damaged metadata (EXIF, TIFF tags)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
+            width, height = img.size
+            frames = getattr(img, "n_frames", 1)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DataError(f"{path} declares more than {MAX_PIXELS:,} pixels; split it into smaller images") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path} is not a readable image ({exc}); give a PNG, JPEG or other Pillow format") from None
-    width, height = img.size
-    frames = getattr(img, "n_frames", 1)
+    except Exception as exc:  # noqa: BLE001 - a malformed file fails Pillow's plugins in any way (TypeError, …)
+        raise DataError(f"{path} is not a readable image ({_first_line(exc)}); give a PNG, JPEG or other Pillow "
+                        "format") from None
     problem = None
     if width * height > MAX_PIXELS:
         problem = (f"{path} is {width}×{height} = {width * height:,} pixels, above the limit of {MAX_PIXELS:,}; "
@@ -149,7 +151,8 @@ def load_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     img = _open(path)
     try:
-        with img:
+        with img, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             if img.format == "PNG" and _deep_colour(img):
                 return _oriented(_read_png16(path, img.size), img)
             if _deep_colour(img):
@@ -157,8 +160,14 @@ def load_image(path: str | Path) -> np.ndarray:
                                 "convert it to a 16-bit PNG or to 8 bits first")
             img.load()
             return to_rgb8(ImageOps.exif_transpose(img), str(path))
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise DataError(f"{path} is not a readable image ({exc}); re-export it") from None
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - as in _open
+        raise DataError(f"{path} is not a readable image ({_first_line(exc)}); re-export it") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def save_png(path: str | Path, image: np.ndarray) -> Path:

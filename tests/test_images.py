@@ -2,6 +2,7 @@
 
 import os
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -185,3 +186,15 @@ def test_an_image_folder_with_a_broken_link_or_pipe_is_refused_not_shrunk(tmp_pa
     os.mkfifo(tmp_path / "c.png")
     with pytest.raises(data.DataError, match=r"c\.png is not a regular file \(a device, pipe or socket\)"):
         list_images(tmp_path, recursive=True)
+
+
+@pytest.mark.parametrize("offset, value", [(72, 0x0B)])
+def test_a_malformed_tiff_is_refused_in_one_line_whatever_pillow_raises(tmp_path, offset, value):
+    path = tmp_path / "s.tif"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(path)
+    damaged = bytearray(path.read_bytes())
+    damaged[offset] = value  # Pillow's TIFF plugin then raises TypeError, not OSError
+    path.write_bytes(bytes(damaged))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing may leak out as a warning either
+        refused(path, "is not a readable image")
