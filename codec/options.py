@@ -20,4 +20,5 @@ MAX_CHANNELS = 8192  # any layer, after the width multiplier
 MAX_KERNEL = 7  # convolution kernel sides (the paper uses 1 and 3)
 MAX_BITS = 1024
 MAX_GAIN_GROWTH = 2.0  # fixed residual scaling per iteration (gain 2¹⁵ at iteration 16)
+MAX_BATCH = 1 << 16  # patches per step: 0.8 GB of fp32 input alone, far past any paper's 32
 LOSS_GROWTH_RANGE = (0.5, 2.0)  # per-iteration loss weighting γ (losses.iteration_weights)

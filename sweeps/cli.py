@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from rnncodec.codec.options import (ACTIVATIONS, CELLS, LOSSES, LR_SCHEDULES, MAX_ITERATIONS, MAX_TRAIN_ITERATIONS,
-                                    MODES, OPTIMIZERS)
+from rnncodec.codec.options import (ACTIVATIONS, CELLS, LOSSES, LR_SCHEDULES, MAX_BATCH, MAX_ITERATIONS,
+                                    MAX_TRAIN_ITERATIONS, MODES, OPTIMIZERS)
 from rnncodec.data.errors import RnncodecError
 from rnncodec.data.sources import SOURCES
 
@@ -38,6 +38,13 @@ def _iterations(text: str, most: int = MAX_ITERATIONS) -> int:
     value = positive(int)(text)
     if value > most:
         raise argparse.ArgumentTypeError(f"must be in 1..{most} (0.125 bpp each)")
+    return value
+
+
+def _batch_size(text: str) -> int:
+    value = positive(int)(text)
+    if value > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"must be in 1..{MAX_BATCH}")
     return value
 
 
@@ -191,7 +198,7 @@ def _add_codec_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations", type=_train_iterations, default=8,
                    help=f"iterations per patch, 0.125 bpp each; up to {MAX_TRAIN_ITERATIONS}, past the {MAX_ITERATIONS} "
                    f"a file holds, so that iteration {MAX_ITERATIONS} is not the last one trained (default: 8)")
-    p.add_argument("--batch-size", type=positive(int), default=32, help="patches per step (default: 32)")
+    p.add_argument("--batch-size", type=_batch_size, default=32, help="patches per step (default: 32)")
     p.add_argument("--steps", type=positive(int), default=500, help="optimizer steps (default: 500)")
     p.add_argument("--loss", choices=LOSSES, default="l1", help="training loss (default: l1, the paper's)")
     p.add_argument("--loss-growth", type=float, default=1.0, metavar="G",

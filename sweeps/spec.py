@@ -32,6 +32,7 @@ from rnncodec.codec.options import (
     LOSSES,
     LOSS_GROWTH_RANGE,
     LR_SCHEDULES,
+    MAX_BATCH,
     MAX_GAIN_GROWTH,
     MAX_ITERATIONS,
     MODES,
@@ -133,7 +134,7 @@ TRAIN: dict[str, tuple[Any, Callable[[str, Any], Any], str]] = {
     "activation": ("none", _choice(ACTIVATIONS), "non-linearity after E-Conv and D-Conv 1"),
     "gain_growth": (1.0, _float(1, MAX_GAIN_GROWTH), "fixed residual scaling: iteration t's residual gain is "
                     "gain_growth^(t-1); 1 = off"),
-    "batch_size": (32, _int(1, 1 << 20), "images per step"),
+    "batch_size": (32, _int(1, MAX_BATCH), "images per step"),
     "train_size": (None, _int(1, none=True), "training images used (a fixed nested subset); null = all"),
     "val_size": (256, _int(1, 1 << 20), "validation images evaluated every epoch"),
     "val_probes": (0, _int(0, 16), ("extra validations per doubling of the step count (from step 8) within "

@@ -88,6 +88,8 @@ def test_bad_input_gives_one_clear_line(trained, tmp_path):
     assert usage.returncode == 2 and "must be in 1..16" in usage.stderr
     usage = run("train", "--data", "sample", "--out", str(tmp_path / "m.pt"), "--iterations", "25")
     assert usage.returncode == 2 and "must be in 1..24" in usage.stderr  # training may pass 16, up to 24
+    usage = run("train", "--data", "sample", "--out", str(tmp_path / "m.pt"), "--batch-size", "100000000")
+    assert usage.returncode == 2 and "must be in 1..65536" in usage.stderr  # not a 286 GiB allocation
 
 
 def test_train_reads_prepared_arrow_shards(tmp_path):
