@@ -247,7 +247,10 @@ class CifarArchive:
         for name in self._needed:
             path = self.location / name
             if not path.is_file():
+                kind = ("a folder" if path.is_dir() else "not a regular file (a device, pipe or socket)"
+                        if path.exists() else None)
                 raise DataError(
+                    f"{path} is {kind}; extract the archive again" if kind else
                     f"{self.location} lacks {name}: it is not a complete {self.layout.folder}/ folder; "
                     "extract the archive again"
                 )

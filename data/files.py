@@ -160,8 +160,14 @@ def staged_files(folder: str | Path) -> Iterator[Path]:
     done = False
     try:
         yield stage
-        for path in sorted(stage.iterdir()):
-            os.replace(path, folder / path.name)
+        written = sorted(stage.iterdir())
+        if blocked := [folder / p.name for p in written if (folder / p.name).is_dir()]:
+            raise FileError(f"{blocked[0]} is a folder where a result file goes; remove it or choose another folder")
+        try:
+            for path in written:
+                os.replace(path, folder / path.name)
+        except OSError as exc:
+            raise FileError(f"cannot write in {folder} ({reason(exc)}); choose a folder you can write to") from None
         done = True
     finally:
         shutil.rmtree(stage, ignore_errors=True)

@@ -242,6 +242,9 @@ def test_extracted_folder_missing_a_batch(tmp_path):
     (tmp_path / CIFAR10.folder / "data_batch_3").unlink()
     with pytest.raises(data.DataError, match="lacks data_batch_3"):
         data.prepare("cifar10", root=tmp_path / CIFAR10.folder, accept_unverified=True, cache_dir=tmp_path / "cache")
+    os.mkfifo(tmp_path / CIFAR10.folder / "data_batch_3")  # opened, it would wait forever
+    with pytest.raises(data.DataError, match=r"data_batch_3 is not a regular file \(a device, pipe or socket\)"):
+        data.prepare("cifar10", root=tmp_path / CIFAR10.folder, accept_unverified=True, cache_dir=tmp_path / "cache")
 
 
 def test_offline_download_names_the_way_out(tmp_path, monkeypatch):

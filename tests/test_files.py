@@ -124,6 +124,12 @@ def test_staged_files_appear_together_or_not_at_all(tmp_path):
         with staged_files(tmp_path / "fresh"):
             raise RuntimeError
     assert not (tmp_path / "fresh").exists()
+    (out / "c.png").mkdir()
+    with pytest.raises(FileError, match=r"c\.png is a folder where a result file goes"):
+        with staged_files(out) as stage:
+            (stage / "a.csv").write_text("newest a")
+            (stage / "c.png").write_text("c")
+    assert (out / "a.csv").read_text() == "new a"  # nothing moved: checked before the first rename
     (tmp_path / "afile").write_text("x")
     with pytest.raises(FileError, match="cannot write in .*afile/sub"):
         with staged_files(tmp_path / "afile" / "sub"):
