@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 from rnncodec.codec.errors import CodecError
 from rnncodec.codec.metrics import ms_ssim_db
 from rnncodec.data.files import write_atomic
-from rnncodec.evaluation.results import load_results
+from rnncodec.evaluation.results import checked_curves, load_results, read_curve_file
 
 # Known published curve files: file-name prefix → legend label.
 ANCHOR_LABELS = {
@@ -36,14 +37,15 @@ PLOTS = {  # file stem → (metric key, y label)
 
 def _read_txt(path: Path) -> tuple[np.ndarray, np.ndarray]:
     rows = []
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            rows.append([float(v) for v in re.split(r"[,\s]+", line)[:2]])
-    if not rows:
-        raise CodecError(f"{path} holds no bpp,value rows")
-    a = np.asarray(rows)
-    return a[:, 0], a[:, 1]
+    for number, line in enumerate(read_curve_file(path).splitlines(), 1):
+        fields = re.split(r"[,\s]+", line.split("#", 1)[0].strip())
+        if fields == [""]:
+            continue
+        if len(fields) < 2:
+            raise CodecError(f"{path} line {number}: expected two columns, bpp and value; fix or remove it")
+        rows.append(fields[:2])
+    curve = checked_curves({"bpp": [r[0] for r in rows], "value": [r[1] for r in rows]}, str(path))
+    return np.asarray(curve["bpp"]), np.asarray(curve["value"])
 
 
 def load_anchors(folder: str | Path) -> list[dict[str, Any]]:
@@ -78,6 +80,9 @@ def load_anchors(folder: str | Path) -> list[dict[str, Any]]:
         name = d["name"] + (f" [{tag}]" if tag else "")
         d["name"] = f"{name} (CompressAI)" if path.parent.name == "compressai" else name
         anchors.append(d)
+    if not anchors:
+        raise CodecError(f"{folder} holds no published curves (*_psnr_rgb.txt, *_msssim_rgb.txt or CompressAI "
+                         "JSON files); give --anchors the folder that holds them, or leave it out")
     return anchors
 
 
@@ -136,7 +141,9 @@ def rd_figure(results: Sequence[dict[str, Any]], anchors: Sequence[dict[str, Any
     ax.set_title(title or "Kodak rate–distortion")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.tight_layout()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a legend of many curves cannot fit: the figure is drawn anyway
+        fig.tight_layout()
     return fig
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from rnncodec.codec.errors import CodecError
-from rnncodec.data.files import write_atomic
+from rnncodec.data.files import unreadable_file, write_atomic
 
 
 def compressai_json(result: dict[str, Any]) -> dict[str, Any]:
@@ -80,18 +80,58 @@ def write_results(out_dir: str | Path, results: Sequence[dict[str, Any]],
     return paths
 
 
+MAX_CURVE_FILE_BYTES = 16 << 20  # a published curve file holds a few dozen points
+
+
+def read_curve_file(path: Path) -> str:
+    """The text of a published curve file: a regular file of at most MAX_CURVE_FILE_BYTES."""
+    if problem := unreadable_file(path, "curve"):
+        raise CodecError(problem)
+    if path.stat().st_size > MAX_CURVE_FILE_BYTES:
+        raise CodecError(f"{path} is larger than {MAX_CURVE_FILE_BYTES >> 20} MB, which no curve file is; remove it")
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CodecError(f"{path} is not a readable text file ({exc}); remove it from the anchors") from None
+
+
+def _number(x: Any) -> float:
+    value = float(x) if isinstance(x, (int, float, str)) and not isinstance(x, bool) else math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"{x!r} is not a finite number")
+    return value
+
+
+def checked_curves(results: Any, where: str) -> dict[str, list[float]]:
+    """``results`` of a rate–distortion curve (``bpp`` and metrics, one value per point) as floats sorted
+    by rate; CodecError in one line unless there are at least two points, every value is a finite number
+    (numbers written as text are read), every rate is positive and every list has one value per rate."""
+    if not isinstance(results, dict) or not isinstance(results.get("bpp"), list):
+        raise CodecError(f"{where} has no list results.bpp; it is not a CompressAI-format curve")
+    try:
+        curves = {k: [_number(x) for x in v] for k, v in results.items() if isinstance(v, list)}
+    except ValueError as exc:
+        raise CodecError(f"{where}: {exc}; every rate and quality must be a finite number") from None
+    bpp = curves["bpp"]
+    if len(bpp) < 2 or min(bpp) <= 0:
+        raise CodecError(f"{where} needs at least two points at positive rates, got bpp {bpp[:5]}")
+    for key, values in curves.items():
+        if len(values) != len(bpp):
+            raise CodecError(f"{where}: {key} has {len(values)} values for {len(bpp)} rates; give one per rate")
+    order = np.argsort(bpp, kind="stable")
+    return {k: [v[i] for i in order] for k, v in curves.items()}
+
+
 def load_results(path: str | Path) -> dict[str, Any]:
-    """Read a CompressAI-format results JSON (ours or published)."""
+    """Read a CompressAI-format results JSON (ours or published), its curves checked."""
     path = Path(path)
     try:
-        d = json.loads(path.read_text())
-        if not isinstance(d.get("results"), dict) or "bpp" not in d["results"]:
-            raise ValueError("no results.bpp")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise CodecError(f"{path} is not a CompressAI-format results file ({exc})") from None
-    d.setdefault("name", path.stem)
-    d.setdefault("description", "")
-    for k, v in d["results"].items():
-        if isinstance(v, list):
-            d["results"][k] = [float(x) if isinstance(x, str) else x for x in v]
-    return d
+        d = json.loads(read_curve_file(path))
+    except (ValueError, RecursionError) as exc:
+        raise CodecError(f"{path} is not a CompressAI-format results file ({str(exc)[:120]})") from None
+    if not isinstance(d, dict):
+        raise CodecError(f"{path} is not a CompressAI-format results file (not a JSON object)")
+    name, description = d.get("name", path.stem), d.get("description", "")
+    if not isinstance(name, str) or not isinstance(description, str):
+        raise CodecError(f"{path}: name and description must be text")
+    return {**d, "name": name, "description": description, "results": checked_curves(d.get("results"), str(path))}

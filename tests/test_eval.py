@@ -4,6 +4,7 @@ JPEG, BD-rate and AUC, the ``rnncodec eval`` command, and the Kodak download hel
 import csv
 import json
 import math
+import os
 import time
 import urllib.error
 from pathlib import Path
@@ -382,3 +383,32 @@ def test_rnncodec_eval_through_the_cli_reports_bad_input_in_one_line(tiny_ckpt, 
                      "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("rnncodec: error: no such folder")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"bpp": ["abc", 0.5]}, "could not convert string to float: 'abc'"),
+    ({"bpp": [0.25, float("nan")]}, "nan is not a finite number"),
+    ({"bpp": [0.25]}, "needs at least two points at positive rates"),
+    ({"bpp": [0.0, 0.5]}, "needs at least two points at positive rates"),
+    ({"psnr-rgb": [26.0, 29.0, 30.0]}, "psnr-rgb has 3 values for 2 rates"),
+    ({"psnr-rgb": [[1, 2], 3.0]}, r"\[1, 2\] is not a finite number"),
+])
+def test_damaged_anchor_curves_are_refused_when_read(tmp_path, change, message):
+    (tmp_path / "x.json").write_text(json.dumps({"name": "x", "results": {"bpp": [0.5, 0.25],
+                                                                        "psnr-rgb": [29.0, 26.0], **change}}))
+    with pytest.raises(CodecError, match=message) as info:
+        load_anchors(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_anchor_curves_are_sorted_by_rate_and_special_files_refused(tmp_path):
+    (tmp_path / "a_psnr_rgb.txt").write_text("# bpp, psnr\n1.0, 32\n0.5, 29\n")
+    (curve,) = load_anchors(tmp_path)
+    assert curve["results"] == {"bpp": [0.5, 1.0], "psnr-rgb": [29.0, 32.0]}
+    os.mkfifo(tmp_path / "b.json")  # read, it would wait forever
+    with pytest.raises(CodecError, match=r"b\.json is not a regular file"):
+        load_anchors(tmp_path)
+    (tmp_path / "b.json").unlink()
+    (tmp_path / "a_psnr_rgb.txt").unlink()
+    with pytest.raises(CodecError, match="holds no published curves"):
+        load_anchors(tmp_path)
