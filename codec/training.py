@@ -52,8 +52,12 @@ class TrainConfig:
         if not low <= self.loss_growth <= high:
             raise CodecError(f"loss_growth {self.loss_growth} is outside [{low:g}, {high:g}]; 1 weighs every "
                              "iteration alike")
-        if self.total_steps < 1 or not self.lr > 0:
-            raise CodecError("total_steps and lr must be positive")
+        if self.total_steps < 1 or not 0 < self.lr < math.inf:
+            raise CodecError("total_steps and lr must be positive (and lr finite)")
+        if not 0 <= self.weight_decay < math.inf:
+            raise CodecError(f"weight_decay must be a finite number ≥ 0, got {self.weight_decay}")
+        if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
+            raise CodecError(f"grad_clip must be a finite positive norm, got {self.grad_clip}")
         if self.cuda_graph and self.optimizer == "sgd":
             raise CodecError("cuda_graph needs the adam or adamw optimizer (their capturable form); "
                              "drop cuda_graph or change the optimizer")

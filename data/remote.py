@@ -63,17 +63,21 @@ def _probe(fs: pafs.FileSystem, limit: float) -> pafs.FileSystem:
     return pafs.S3FileSystem(**{**options, "connect_timeout": seconds, "request_timeout": seconds})
 
 
+def check_no_secret(location: str) -> None:
+    """Refuse a URI that carries a password (named without the URI, which holds the secret)."""
+    if is_uri(location) and urlsplit(location).password is not None:
+        raise RnncodecError("a storage URI holds a secret key; give credentials through the environment "
+                            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS) or the "
+                            "machine's role, never in the URI, which is printed and stored")
+
+
 def open_filesystem(location: str, timeout: float | None = None) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem and path for a local folder or a URI (``s3://…``, ``gs://…``, ``file://…``),
     after one listing of the path has answered (so credentials and buckets are tried now, with a time
     limit, rather than in the middle of a run)."""
     if not is_uri(location):
         return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
-    if urlsplit(location).password is not None:
-        # named without the URI, which holds the secret
-        raise RnncodecError("a storage URI holds a secret key; give credentials through the environment "
-                            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS) or the "
-                            "machine's role, never in the URI, which is printed and stored")
+    check_no_secret(location)
     limit = TIMEOUT_S if timeout is None else timeout
 
     def connect() -> tuple[pafs.FileSystem, str]:

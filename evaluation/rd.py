@@ -119,8 +119,9 @@ def load_images(folder: str | Path, limit: int | None = None, crop: int | None =
         files = files[:limit]
     images = [(p.name, load_image(p)) for p in files]
     if crop is not None:
-        if crop < 16:
-            raise CodecError(f"the crop size must be at least 16 pixels, got {crop}")
+        if crop < MIN_MS_SSIM_SIDE:
+            raise CodecError(f"the crop size must be at least {MIN_MS_SSIM_SIDE} pixels (standard 5-scale MS-SSIM), "
+                             f"got {crop}")
         images = [(n, center_crop(im, crop)) for n, im in images]
     return images
 

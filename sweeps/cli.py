@@ -9,7 +9,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rnncodec.codec.options import (ACTIVATIONS, CELLS, LOSSES, LR_SCHEDULES, MAX_BATCH, MAX_ITERATIONS,
                                     MAX_TRAIN_ITERATIONS, MODES, OPTIMIZERS)
@@ -28,7 +28,7 @@ def positive(kind: type) -> Callable[[str], Any]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
         if not value > 0 or (kind is float and not math.isfinite(value)):
-            raise argparse.ArgumentTypeError("must be a positive number")
+            raise argparse.ArgumentTypeError("must be a positive finite number")
         return value
 
     return parse
@@ -48,10 +48,14 @@ def _batch_size(text: str) -> int:
     return value
 
 
-def _path(text: str) -> Path:
+def _text(text: str) -> str:
     if not text:
-        raise argparse.ArgumentTypeError("is empty; give a path")
-    return Path(text)
+        raise argparse.ArgumentTypeError("is empty; give a value or leave the option out")
+    return text
+
+
+def _path(text: str) -> Path:
+    return Path(_text(text))
 
 
 def _seed(text: str) -> int:
@@ -92,7 +96,9 @@ def _device(name: str):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise RnncodecError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise RnncodecError(f"unknown device {name!r}; use auto, cpu or cuda[:N]")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RnncodecError(f"--device {name} was asked for but no CUDA GPU is available; use --device cpu")
     return device
@@ -137,7 +143,10 @@ def _train(args: argparse.Namespace) -> int:
         task = progress.add_task("train", total=args.steps, loss=float("nan"))
         while trainer.steps < args.steps:
             chunk = min(args.save_every, args.steps - trainer.steps)
-            trainer.run(batches, chunk, on_step=lambda loss: progress.update(task, advance=1, loss=loss))
+            losses = trainer.run(batches, chunk, on_step=lambda loss: progress.update(task, advance=1, loss=loss))
+            if not all(map(math.isfinite, losses)):
+                raise RnncodecError(f"training diverged by step {trainer.steps} (the loss is {losses[-1]}); "
+                                    f"the diverged weights were not saved: lower --lr or set --grad-clip")
             save_checkpoint(args.out, model, steps=trainer.steps, loss=args.loss, data=str(args.data),
                             init=str(args.init or ""))
             psnr = trainer.evaluate(stream.held_out)["psnr"]
@@ -390,8 +399,8 @@ def _add_sweep_commands(sub: argparse._SubParsersAction) -> None:
     q = cmds.add_parser("run", help="run a sweep file", description="Validate SPEC, check the storage, prepare its "
                         "data once, start a local Ray (or join --address) and run every trial.")
     q.add_argument("spec", metavar="SPEC.yaml", help="sweep file (see sweeps/demo.yaml)")
-    q.add_argument("--name", help="sweep name (default: the file's name key); the folder is STORAGE/NAME")
-    q.add_argument("--storage", help="results folder or pyarrow URI such as s3://bucket/sweeps (default: the file's)")
+    q.add_argument("--name", type=_text, help="sweep name (default: the file's name key); the folder is STORAGE/NAME")
+    q.add_argument("--storage", type=_text, help="results folder or pyarrow URI such as s3://bucket/sweeps (default: the file's)")
     q.add_argument("--address", help="join this Ray cluster (e.g. auto or HOST:6379) instead of starting one")
     q.add_argument("--num-cpus", type=positive(int), help="CPUs of the local Ray (default: all)")
     q.add_argument("--data-root", metavar="ROOT", help="folder holding the CIFAR archives (replaces the file's "
@@ -473,7 +482,7 @@ def _eval(args: argparse.Namespace) -> int:
     anchors = load_anchors(args.anchors) if args.anchors is not None else []
     if args.download_kodak:
         kodak.download_kodak(args.images, console=console)
-    images = rd.load_images(args.images, limit=args.limit, crop=args.crop)
+    images = rd.checked_images(rd.load_images(args.images, limit=args.limit, crop=args.crop))  # before any work
     checkpoints = args.checkpoint or [DEFAULT_CHECKPOINT]
     models = [load_checkpoint(p).to(device) for p in checkpoints]
     columns = (TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -583,8 +592,15 @@ def _add_eval_command(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------- entry point
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error; --help shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rnncodec",
         description="Residual recurrent image codec (Toderici et al., CVPR 2017): "
         "train, compress, decompress, prepare data, run sweeps, evaluate.",

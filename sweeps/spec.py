@@ -40,6 +40,7 @@ from rnncodec.codec.options import (
 )
 from rnncodec.data.errors import DataError, RnncodecError, shown
 from rnncodec.data.files import unreadable_file
+from rnncodec.data.remote import check_no_secret
 from rnncodec.data.sources import CIFAR, SOURCES, check_source
 
 
@@ -50,7 +51,7 @@ class SweepError(RnncodecError):
 MAX_TRIALS = 10_000  # a sweep file that expands to more is refused before Ray starts
 MAX_FILE_BYTES = 1 << 20
 MAX_VALUES = 100_000  # values a sweep file may hold once its YAML aliases are expanded
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # used with fullmatch: "$" lets "x\n" through
 
 
 # --------------------------------------------------------------------------- value checks
@@ -406,7 +407,7 @@ def parse_spec(raw: Any, origin: str = "sweep file") -> Sweep:
         if k not in TOP:
             raise SweepError(f"unknown top-level key {shown(k)}; allowed keys are {', '.join(TOP)}")
     name = raw.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise SweepError(f"name: {shown(name)} is not a sweep name; use letters, digits, '.', '_' or '-' (at most 100)")
     data = _section("data", raw.get("data"), DATA)
     if (data["source"] is None) == (data["location"] is None):
@@ -461,6 +462,10 @@ def parse_spec(raw: Any, origin: str = "sweep file") -> Sweep:
     resources = _resources(raw.get("resources"))
     concurrency = _int(1, 100_000, none=True)("concurrency", raw.get("concurrency"))
     storage = _str()("storage", raw.get("storage", "runs/sweeps"))
+    try:
+        check_no_secret(storage)
+    except RnncodecError as exc:
+        raise SweepError(f"storage: {exc}") from None
     wandb = _section("wandb", raw.get("wandb"), WANDB)
     max_failures = _int(0, 1000)("max_failures", raw.get("max_failures", 2))
     keep = _int(1, 1000)("keep_checkpoints", raw.get("keep_checkpoints", 2))

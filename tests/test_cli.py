@@ -145,7 +145,7 @@ def test_an_output_that_is_the_input_or_empty_is_refused_and_paths_print_as_give
     _fails_cleanly(run("compress", str(tmp_path / "in.png"), str(tmp_path / "in.png"), *ck), "is the input file itself")
     assert (tmp_path / "in.png").read_bytes() == before
     usage = run("compress", str(tmp_path / "in.png"), "", *ck)
-    assert usage.returncode == 2 and "argument out: is empty; give a path" in usage.stderr
+    assert usage.returncode == 2 and "argument out: is empty; give a value" in usage.stderr
     odd = tmp_path / "[red]x[/]:cross_mark:.rnnc"  # rich would read markup and emoji codes in it
     result = run("compress", str(tmp_path / "in.png"), str(odd), *ck, "--iterations", "1")
     assert result.returncode == 0 and f"wrote {odd}:" in result.stderr, result.stderr
@@ -169,7 +169,7 @@ def test_image_bombs_and_animations_are_refused_before_decoding(trained, tmp_pat
 
 def test_arguments_out_of_range_are_refused_before_any_work(tmp_path):
     usage = run("data", "info", str(tmp_path), "--samples", "-1")
-    assert usage.returncode == 2 and "must be a positive number" in usage.stderr and "Traceback" not in usage.stderr
+    assert usage.returncode == 2 and "must be a positive finite number" in usage.stderr and "Traceback" not in usage.stderr
     _fails_cleanly(run("eval", "--images", str(tmp_path), "--out", str(tmp_path / "o"), "--iterations", "1-60000000"),
                    "iterations must lie in 1..16")
 
@@ -190,3 +190,28 @@ def test_bad_storage_is_refused_before_data_is_prepared(tmp_path, monkeypatch, s
     assert lines[0].startswith("checking storage") and len(lines) == 2, result.stderr  # says what it waits for
     assert lines[1].startswith("rnncodec: error: ") and message in lines[1], result.stderr
     assert not (tmp_path / "cache").exists()
+
+
+def test_usage_errors_are_one_line_and_a_diverging_training_saves_nothing(tmp_path):
+    usage = run("eval", "--images", str(tmp_path), "--out", str(tmp_path / "o"), "--qualities", "0")
+    lines = [line for line in usage.stderr.splitlines() if line.strip()]
+    assert usage.returncode == 2 and len(lines) == 1, usage.stderr
+    assert lines[0].startswith("rnncodec eval: error: argument --qualities") and "(see rnncodec eval --help)" in lines[0]
+    _fails_cleanly(run("train", "--data", "sample", "--out", str(tmp_path / "m.pt"), "--device", "meta"),
+                   "unknown device 'meta'; use auto, cpu or cuda[:N]")
+    Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(tmp_path / "a.png")
+    _fails_cleanly(run("eval", "--images", str(tmp_path), "--out", str(tmp_path / "o"), "--crop", "16"),
+                   "the crop size must be at least 161 pixels")
+    diverged = run("train", "--data", "sample", "--width", "0.125", "--batch-size", "4", "--iterations", "2",
+                   "--steps", "3", "--lr", "1e30", "--out", str(tmp_path / "m.pt"))  # after its progress lines:
+    assert diverged.returncode == 2 and "Traceback" not in diverged.stderr
+    assert diverged.stderr.strip().splitlines()[-1] == ("rnncodec: error: training diverged by step 3 (the loss is "
+                                                        "nan); the diverged weights were not saved: lower --lr or set "
+                                                        "--grad-clip")
+    assert not (tmp_path / "m.pt").exists()
+    _fails_cleanly(run("train", "--data", "sample", "--steps", "1", "--weight-decay", "nan", "--out",
+                       str(tmp_path / "m.pt")), "weight_decay must be a finite number ≥ 0")
+    shards = tmp_path / "shards"
+    assert run("data", "prepare", "--source", "sample", "--val-fraction", "0", "--out", str(shards)).returncode == 0
+    _fails_cleanly(run("data", "info", str(shards), "--split", "val", "--grid", str(tmp_path / "g.png")),
+                   "the val split of")

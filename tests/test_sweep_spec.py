@@ -87,6 +87,8 @@ def test_seed_derives_from_configuration_and_repeat():
     [
         (minimal(colour="red"), ["unknown top-level key 'colour'", "allowed keys are", "fixed"]),
         (minimal(data={"source": "sample", "root": "/x"}), ["data.root (or --data-root) applies to CIFAR sources only"]),
+        (minimal(name="abc\n"), ["is not a sweep name"]),
+        (minimal(storage="s3://AKIA:hunter2@bucket/x"), ["storage: a storage URI holds a secret key"]),
         (minimal(fixed={"batchsize": 8}), ["fixed: unknown key 'batchsize'", "batch_size"]),
         (minimal(fixed={"cell": "lstn"}), ["fixed.cell", "'lstn'", "lstm, gru"]),
         (minimal(fixed={"loss": "ssim"}), ["fixed.loss", "l1, mse, psnr, ms-ssim"]),
