@@ -74,7 +74,7 @@ def collect(location: str) -> tuple[Sweep, list[dict[str, Any]]]:
     trials = []
     for name in sorted(folders | set(states)):
         state = states.get(name, {})
-        config = state.get("config") if isinstance(state.get("config"), dict) else {}
+        config = state.get("config", {})  # _trial_states keeps only a mapping of plain values
         record = {"trial": name, "status": state.get("status", "PENDING"), "failures": state.get("failures", 0),
                   "error": state.get("error"), "started": state.get("started"), "config": config, "params": {},
                   "repeat": None, "epoch": 0, "history": [], "checkpoint": None, "checkpoints": {}, "damaged": []}

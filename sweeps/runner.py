@@ -54,19 +54,18 @@ def prepare_data(spec: Sweep, accept_unverified: bool = False) -> str:
 
     d = spec.data
     if d["location"]:
-        for split in ("val", "train"):
-            reader = open_split(d["location"], split, verify_sha256=True, cache_dir=d["cache_dir"])
-            reader.close()
+        for split in ("train", "val"):
+            open_split(d["location"], split, verify_sha256=True, cache_dir=d["cache_dir"]).close()
         folder = d["location"]
     else:
         folder = str(prepare(d["source"], root=d["root"], rotations=d["rotations"], size=d["size"], seed=d["seed"],
                              cache_dir=d["cache_dir"], hard_patches=d["hard_patches"],
                              val_fraction=d["val_fraction"], accept_unverified=accept_unverified))
-        reader = open_split(folder, "train", verify_sha256=False)
-        reader.close()
+    with open_split(folder, "train", verify_sha256=False, cache_dir=d["cache_dir"]) as reader:
+        prepared = len(reader)
     axis = spec.axes.get("train_size")
     for train_size in (spec.fixed.get("train_size"), *(axis.values if axis else ())):
-        check_train_size(train_size, len(reader))
+        check_train_size(train_size, prepared)
     return folder
 
 
