@@ -24,13 +24,15 @@ entropy coding) cost 0.125 bpp per iteration plus 4 bytes per iteration and 29 b
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import math
 import os
 import struct
+import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -222,8 +224,39 @@ def _as_rgb8(image: np.ndarray | Image.Image) -> np.ndarray:
     return image
 
 
+class _Clock:
+    """The wall time of one compress or decompress at K iterations, split so that the time the same call
+    at k ≤ K iterations takes can be read off it: ``once`` (work done whatever k) and, per iteration t,
+    ``parts[name][t]`` (one name per kind of work). Stopped (``on`` false), it does nothing."""
+
+    def __init__(self, model: RNNCodec, on: bool):
+        self.device, self.on, self.once = next(model.parameters()).device, on, 0.0
+        self.parts: dict[str, list[float]] = collections.defaultdict(lambda: [0.0] * MAX_ITERATIONS)
+        self.last = time.perf_counter()
+
+    def lap(self, part: str | None = None, t: int = 0) -> None:
+        """Charge the time since the last lap to ``part`` at iteration ``t`` (to ``once`` if None)."""
+        if not self.on:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        if part is None:
+            self.once += now - self.last
+        else:
+            self.parts[part][t] += now - self.last
+        self.last = now
+
+    def total(self, k: int, per_iteration: Sequence[str] = (), before_last: Sequence[str] = (),
+              last: Sequence[str] = ()) -> float:
+        """``once`` plus, of each part, iterations 1..k (``per_iteration``), 1..k-1 (``before_last``) or k alone (``last``)."""
+        return (self.once + sum(sum(self.parts[p][:k]) for p in per_iteration)
+                + sum(sum(self.parts[p][: k - 1]) for p in before_last) + sum(self.parts[p][k - 1] for p in last))
+
+
 def _encode(model: RNNCodec, image: np.ndarray | Image.Image, iterations: int, tile: int, entropy_coding: bool,
-            keep: bool) -> tuple[bytes, np.ndarray | None]:
+            keep: bool, times: list[float] | None = None) -> tuple[bytes, np.ndarray | None]:
+    clock = _Clock(model, on=times is not None)
     image = _as_rgb8(image)
     if not 1 <= iterations <= MAX_ITERATIONS:
         raise CodecError(f"iterations must be in 1..{MAX_ITERATIONS}, got {iterations}")
@@ -237,21 +270,36 @@ def _encode(model: RNNCodec, image: np.ndarray | Image.Image, iterations: int, t
         for th, tw, origins in _batches(header.height, header.width, tile):
             x = to_input(torch.from_numpy(_crops(image, th, tw, origins)).to(device).permute(0, 3, 1, 2))
             positions = _bit_positions(header, th, tw, origins)
-            out = model(x, iterations)
-            for t, b in enumerate(out["codes"]):
+            enc_states: list = [None] * len(model.encoder.rnns)
+            state, residual = model.initial_state(), x
+            clock.lap()
+            for t in range(iterations):
+                b = model.encode_step(residual, enc_states, state)
                 codes[t, positions] = (b > 0).cpu().numpy()
+                clock.lap("encode", t)
+                if t == iterations - 1 and images is None:
+                    break  # the last codes need no reconstruction
+                x_hat = model.decode_step(b, state)
+                residual = x - x_hat
+                clock.lap("decode", t)
                 if images is not None:
-                    _place(images[t], to_pixels(out["x_hat"][t]), origins)
+                    _place(images[t], to_pixels(x_hat), origins)
+                    clock.lap("keep", t)
     parts = [header.pack()]
     coder = ContextCoder(*header.code_shape) if entropy_coding else None
+    clock.lap()
     for t in range(iterations):
         if coder is None:
             chunk = np.packbits(codes[t]).tobytes()
-            parts += [chunk, _CRC.pack(zlib.crc32(chunk))]
         else:
             chunk = _LENGTH.pack(len(payload := coder.encode(codes[t]))) + payload
-            parts += [chunk, _CRC.pack(zlib.crc32(chunk))]
-    return b"".join(parts), images
+        parts += [chunk, _CRC.pack(zlib.crc32(chunk))]
+        clock.lap("code", t)
+    data = b"".join(parts)
+    clock.lap()
+    if times is not None:
+        times[:] = [clock.total(k, ("encode", "code"), before_last=("decode",)) for k in range(1, iterations + 1)]
+    return data, images
 
 
 def _place(out: np.ndarray, pixels: torch.Tensor, origins: list[tuple[int, int]]) -> None:
@@ -270,10 +318,14 @@ def compress(model: RNNCodec, image: np.ndarray | Image.Image, iterations: int, 
 
 
 def compress_progressive(model: RNNCodec, image: np.ndarray | Image.Image, iterations: int,
-                         tile: int = DEFAULT_TILE, entropy_coding: bool = True) -> tuple[bytes, list[np.ndarray]]:
+                         tile: int = DEFAULT_TILE, entropy_coding: bool = True,
+                         times: list[float] | None = None) -> tuple[bytes, list[np.ndarray]]:
     """``compress``, plus the reconstruction after each iteration that the encoder computed anyway:
-    the images ``decompress_progressive`` of the file gives, bit for bit, without decoding it."""
-    data, images = _encode(model, image, iterations, tile, entropy_coding, keep=True)
+    the images ``decompress_progressive`` of the file gives, bit for bit, without decoding it.
+    ``times``, if given, receives for k = 1..``iterations`` the seconds ``compress(model, image, k)``
+    spends, timed within this call: its work done once, the network's first k encoder steps and k - 1
+    decoder steps, and the coding of k iterations (keeping the reconstructions is not counted)."""
+    data, images = _encode(model, image, iterations, tile, entropy_coding, keep=True, times=times)
     return data, list(images)
 
 
@@ -313,12 +365,18 @@ def _intact(header: Header, data: bytes, iterations: int | None) -> tuple[Header
     return header, chunks[:k]
 
 
-def _code_chunks(header: Header, data: bytes, chunks: list[tuple[int, int, int]]) -> list[np.ndarray]:
+def _code_chunks(header: Header, data: bytes, chunks: list[tuple[int, int, int]],
+                 clock: _Clock | None = None) -> list[np.ndarray]:
     """Each iteration's codes as packed bits (the raw layout), entropy-decoded where they are coded."""
     if header.coder == RAW:
         return [np.frombuffer(data, np.uint8, length, start) for start, length, _ in chunks]
     coder = ContextCoder(*header.code_shape)
-    return [np.packbits(coder.decode(data[start : start + length])) for start, length, _ in chunks]
+    out = []
+    for t, (start, length, _) in enumerate(chunks):
+        out.append(np.packbits(coder.decode(data[start : start + length])))
+        if clock is not None:
+            clock.lap("code", t)
+    return out
 
 
 def read_codes(data: bytes, iterations: int | None = None) -> np.ndarray:
@@ -330,12 +388,15 @@ def read_codes(data: bytes, iterations: int | None = None) -> np.ndarray:
                      for packed in _code_chunks(header, data, chunks)])
 
 
-def _decode(model: RNNCodec, data: bytes, iterations: int | None, every: bool) -> np.ndarray:
+def _decode(model: RNNCodec, data: bytes, iterations: int | None, every: bool,
+            times: list[float] | None = None) -> np.ndarray:
     """Decode ``data`` tile batch by tile batch, iterations inner: a k×H×W×3 array of the
     reconstructions after each iteration if ``every``, else a 1×H×W×3 array of the last one. Codes
     are read from ``data`` per batch and iteration; the model calls are the same either way."""
+    clock = _Clock(model, on=times is not None)
     header, complete = _checked(model, data, iterations)
-    chunks, k = _code_chunks(header, data, complete), len(complete)
+    clock.lap()
+    chunks, k = _code_chunks(header, data, complete, clock), len(complete)
     images = np.empty((k if every else 1, header.height, header.width, 3), dtype=np.uint8)
     with _evaluating(model) as device:
         for th, tw, origins in _batches(header.height, header.width, header.tile):
@@ -343,18 +404,28 @@ def _decode(model: RNNCodec, data: bytes, iterations: int | None, every: bool) -
             byte, shift = positions >> 3, (7 - (positions & 7)).astype(np.uint8)
             del positions
             state = model.initial_state()
+            clock.lap()
             for t in range(k):
                 bits = torch.from_numpy((chunks[t][byte] >> shift) & 1).to(device)
                 x_hat = model.decode_step(bits.float() * 2 - 1, state)
+                clock.lap("decode", t)
                 if every or t == k - 1:
                     _place(images[t if every else 0], to_pixels(x_hat), origins)
+                    clock.lap("place", t)
+    if times is not None:
+        times[:] = [clock.total(j, ("code", "decode"), last=("place",)) for j in range(1, k + 1)]
     return images
 
 
-def decompress_progressive(model: RNNCodec, data: bytes, iterations: int | None = None) -> list[np.ndarray]:
+def decompress_progressive(model: RNNCodec, data: bytes, iterations: int | None = None,
+                           times: list[float] | None = None) -> list[np.ndarray]:
     """Decode ``data``: the H×W×3 uint8 reconstruction after each of the first ``iterations``
-    iterations (all that the file holds by default)."""
-    return list(_decode(model, data, iterations, every=True))
+    iterations (all that the file holds by default). ``times``, if given, receives for each k the
+    seconds ``decompress(model, data, k)`` spends, timed within this call: its work done once, the
+    decoding of k iterations' codes, k decoder steps and one output image."""
+    return list(_decode(model, data, iterations, every=True, times=times))
+
+
 
 
 def decompress(model: RNNCodec, data: bytes, iterations: int | None = None) -> np.ndarray:

@@ -346,6 +346,12 @@ class RNNCodec(nn.Module):
         """The decoder's state before the first iteration (shared by training and decompress)."""
         return {"rnn": [None] * len(self.decoder.rnns), "x_hat": None, "gain": None, "iterations": 0}
 
+    def encode_step(self, residual: Tensor, states: list, decoder_state: dict[str, Any]) -> Tensor:
+        """One encoder iteration: codes bₜ = B(E(rₜ₋₁ · gₜ₋₁)), the gain gₜ₋₁ read from ``decoder_state``;
+        updates ``states`` (one per E-RNN, None while zero) in place."""
+        gain = decoder_state["gain"]
+        return self.binarizer(self.encoder(residual if gain is None else residual * gain, states))
+
     def decode_step(self, b: Tensor, state: dict[str, Any]) -> Tensor:
         """One decoder iteration: codes bₜ → reconstruction x̂ₜ; updates ``state`` in place."""
         # The encoder's codes may come channels-last (from a permuted input, or the matrix-product
@@ -381,8 +387,7 @@ class RNNCodec(nn.Module):
         residual = x
         out: dict[str, list[Tensor]] = {"x_hat": [], "codes": [], "residuals": []}
         for _ in range(iterations):
-            gain = dec_state["gain"]
-            b = self.binarizer(self.encoder(residual if gain is None else residual * gain, enc_states))
+            b = self.encode_step(residual, enc_states, dec_state)
             x_hat = self.decode_step(b, dec_state)
             residual = x - x_hat
             out["x_hat"].append(x_hat)

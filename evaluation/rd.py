@@ -20,14 +20,15 @@ Scoring and timing (``timing``):
   file for each smaller k is its prefix (byte for byte the file ``compress`` writes for k, see
   :func:`prefix_bitstream`), and the reconstructions are the encoder's own
   (:func:`compress_progressive`, bit for bit the decoder's), so nothing is decoded: bpp, PSNR and
-  MS-SSIM are exactly those of a real ``compress``/``decompress`` at each k. Encode and decode
-  times come from a real ``compress(model, image, k)`` and ``decompress`` on the first
-  ``timing_images`` images only, at the sampled counts (:func:`timed_counts`: 1, 2, 4, 8, … and the
-  largest, whose compress is the scoring one); other points carry no times.
+  MS-SSIM are exactly those of a real ``compress``/``decompress`` at each k. On the first
+  ``timing_images`` images the file is also decoded for real, and the encode and decode times at
+  every k are split out of that compress and that decode, timed per iteration: a compress at k does
+  the same work as the first k iterations of one at K (minus the k-th decoder step, which it skips),
+  and a decode of the k-iteration prefix the same as the first k iterations of the whole file's. Other
+  images carry no times.
 - ``"exact"``: the real ``compress`` and ``decompress`` at every k on every image, each timed (for
   k = 1..16, 8.5 times the codec work of one compress and one progressive decode at 16).
-- ``"prefix"``: the ``"sample"`` scoring on every image, with times estimated as the largest k's
-  scaled by k / K.
+- ``"prefix"``: ``"sample"`` with every image timed.
 
 The metrics of one image's reconstructions (every k, or every baseline quality) are computed in one
 batched call (:func:`~rnncodec.evaluation.quality.image_metrics_many`).
@@ -198,34 +199,23 @@ def _exact_points(model: RNNCodec, image: np.ndarray, ks: list[int]) -> dict[int
     return points
 
 
-def _prefix_points(model: RNNCodec, image: np.ndarray, ks: list[int], scaled_times: bool) -> dict[int, Point]:
-    """One ``compress`` at the largest k and one progressive decode; each smaller k's file is a prefix
-    of that file. Times: the largest k's scaled by k / K where ``scaled_times``; else none, and the
-    reconstructions are the encoder's own (bit for bit the decoder's), so nothing is decoded."""
+def _prefix_points(model: RNNCodec, image: np.ndarray, ks: list[int], timed: bool) -> dict[int, Point]:
+    """One ``compress`` at the largest k, whose prefixes are the files of the smaller k and whose
+    reconstructions (the encoder's own) are the decoder's, bit for bit. ``timed``: the times of
+    ``compress`` and ``decompress`` at every k, split out of that compress and one real progressive
+    decode of its file (the ``times`` of :func:`compress_progressive` and
+    :func:`decompress_progressive`), whose reconstructions are checked against the encoder's."""
     top = ks[-1]
-    if scaled_times:
-        data, enc = _timed(model, compress, model, image, top)
-        recs, dec = _timed(model, decompress_progressive, model, data)
-    else:
-        data, recs = compress_progressive(model, image, top)
-    points = {}
-    for k in ks:
-        times = (enc * k / top, dec * k / top) if scaled_times else (None, None)
-        points[k] = (prefix_bitstream(data, k), recs[k - 1], *times)
-    return points
-
-
-def _sampled_points(model: RNNCodec, image: np.ndarray, ks: list[int]) -> dict[int, Point]:
-    """:func:`_prefix_points` without times, then real times at :func:`timed_counts`: the largest k's
-    encode is the progressive compress itself (``compress`` plus keeping the reconstructions it makes
-    anyway), so that compress is not run twice; every timed k is decoded for real."""
-    top = ks[-1]
-    (data, recs), enc = _timed(model, compress_progressive, model, image, top)
-    points: dict[int, Point] = {k: (prefix_bitstream(data, k), recs[k - 1], None, None) for k in ks}
-    points.update(_exact_points(model, image, timed_counts(ks)[:-1]))
-    _, dec = _timed(model, decompress, model, data)
-    points[top] = (data, recs[top - 1], enc, dec)
-    return points
+    enc: list[float] = []
+    dec: list[float] = []
+    data, recs = compress_progressive(model, image, top, times=enc if timed else None)
+    if timed:
+        decoded = decompress_progressive(model, data, times=dec)
+        if k := next((k for k in ks if not np.array_equal(decoded[k - 1], recs[k - 1])), None):
+            raise CodecError(f"the decoder's reconstruction at {k} iterations differs from the encoder's on this "
+                             "device; score with --timing exact, and report it as a bug")
+    return {k: (prefix_bitstream(data, k), recs[k - 1], *((enc[k - 1], dec[k - 1]) if timed else (None, None)))
+            for k in ks}
 
 
 def timing_description(timing: str, timing_images: int = TIMING_IMAGES) -> str:
@@ -237,21 +227,14 @@ def timing_description(timing: str, timing_images: int = TIMING_IMAGES) -> str:
         raise CodecError(f"the number of timed images must be a whole number ≥ 0, got {shown(timing_images)}")
     if timing == "exact":
         return "real compress and decompress at every iteration count on every image, each timed"
-    scoring = "quality from one compress at the largest count (smaller counts: its prefixes)"
-    if timing == "prefix":
-        return f"{scoring} and one progressive decode; times: the largest count's scaled by k/K (estimates)"
-    scoring += " and the encoder's reconstructions (bit for bit the decoder's)"
-    if not timing_images:
+    scoring = ("quality from one compress at the largest count (smaller counts: its prefixes) and the encoder's "
+               "reconstructions (bit for bit the decoder's)")
+    if timing == "sample" and not timing_images:
         return f"{scoring}; no times"
-    sample = f"first {timing_images} images" if timing_images > 1 else "first image"
-    return (f"{scoring}; times: real compress and decompress at counts 1, 2, 4, 8, … and the largest on the {sample} "
-            "only (the largest count's compress is the scoring one)")
-
-
-def timed_counts(ks: Sequence[int]) -> list[int]:
-    """The iteration counts ``timing="sample"`` times: the powers of two among ``ks`` and the largest
-    (a fifth of the codec work of timing every count of 1..16)."""
-    return [k for k in ks if k & (k - 1) == 0 or k == ks[-1]]
+    sample = "every image" if timing == "prefix" else (
+        f"the first {timing_images} images" if timing_images > 1 else "the first image")
+    return (f"{scoring}; times on {sample}: compress and decompress at each count, split out of that compress and "
+            "one real decode at the largest count, timed per iteration")
 
 
 def evaluate_checkpoint(model: RNNCodec, images: Sequence[Any], iterations: str | int | Sequence[int] = "1-16",
@@ -274,10 +257,8 @@ def evaluate_checkpoint(model: RNNCodec, images: Sequence[Any], iterations: str 
         pixels = image.shape[0] * image.shape[1]
         if timing == "exact":
             points = _exact_points(model, image, ks)
-        elif timing == "sample" and i < timing_images:
-            points = _sampled_points(model, image, ks)
         else:
-            points = _prefix_points(model, image, ks, scaled_times=timing == "prefix")
+            points = _prefix_points(model, image, ks, timed=timing == "prefix" or i < timing_images)
         for k, metrics in zip(ks, image_metrics_many(image, [points[k][1] for k in ks])):
             data, _, enc, dec = points[k]
             header = parse_header(data)

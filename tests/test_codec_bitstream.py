@@ -1,6 +1,7 @@
 """Bitstreams: exact round trips, progressive prefixes, odd sizes, tile batches, bounded memory,
 and clean failures on damaged or crafted files."""
 
+import itertools
 import struct
 import tracemalloc
 import zlib
@@ -182,13 +183,14 @@ def test_decompress_memory_does_not_grow_with_the_iteration_count():
 def test_compress_feeds_the_model_tile_batches_not_a_float_copy_of_the_image(monkeypatch):
     model = _model()
     seen = []
-    forward = model.forward
+    encode_step = model.encode_step
 
-    def spy(x, iterations):
-        seen.append((tuple(x.shape), x.untyped_storage().nbytes()))
-        return forward(x, iterations)
+    def spy(x, states, decoder_state):
+        if decoder_state["iterations"] == 0:
+            seen.append((tuple(x.shape), x.untyped_storage().nbytes()))
+        return encode_step(x, states, decoder_state)
 
-    monkeypatch.setattr(model, "forward", spy)
+    monkeypatch.setattr(model, "encode_step", spy)
     compress(model, _image(64, 80), iterations=2, tile=32)
     # 64×80 in 32-pixel tiles: six 32×32 tiles, then the 32×16 right column as its own batch
     assert [shape for shape, _ in seen] == [(4, 3, 32, 32), (2, 3, 32, 16)]
@@ -373,3 +375,30 @@ def test_input_rule_converts_greyscale_and_16_bit_and_refuses_transparency(tmp_p
         load_image(tmp_path / "fake.png")
     with pytest.raises(RnncodecError, match="no such image file"):
         load_image(tmp_path / "missing.png")
+
+
+def test_compress_skips_the_decoder_after_its_last_codes(monkeypatch):
+    model = _model()
+    image = _image(48, 64)
+    progressive, _ = compress_progressive(model, image, iterations=3)
+    calls = []
+    step = model.decode_step
+    monkeypatch.setattr(model, "decode_step", lambda b, state: calls.append(1) or step(b, state))
+    assert compress(model, image, iterations=3) == progressive  # the same file without the third decoder step
+    assert len(calls) == 2
+
+
+def test_progressive_calls_split_their_time_per_iteration_count(monkeypatch):
+    monkeypatch.setattr(bitstream, "DEFAULT_TILE", 48)  # several tile batches: each count's time sums over them
+    model = _model("residual-scaling")
+    image = _image(70, 100)
+    enc, dec = [], []
+    data, encoder_side = compress_progressive(model, image, iterations=4, tile=16, times=enc)
+    decoded = decompress_progressive(model, data, times=dec)
+    assert len(enc) == len(dec) == 4 and all(0 < a < b for a, b in itertools.pairwise(enc)) and all(
+        0 < a < b for a, b in itertools.pairwise(dec))
+    assert all(np.array_equal(a, b) for a, b in zip(decoded, encoder_side))  # timing changes no result
+    assert compress_progressive(model, image, iterations=4, tile=16)[0] == data
+    dec_two = []
+    decompress_progressive(model, prefix_bitstream(data, 2), times=dec_two)
+    assert len(dec_two) == 2

@@ -5,7 +5,6 @@ import csv
 import json
 import math
 import os
-import time
 import urllib.error
 from pathlib import Path
 
@@ -132,16 +131,18 @@ def test_default_prefix_scoring_equals_full_decodes_and_times_only_the_sample():
     model = _model(1)
     images = [("a", _image(176, 176, 3)), ("b", _image(192, 176, 4))]
     exact = evaluate_checkpoint(model, images, "1-5", timing="exact")
-    sample = evaluate_checkpoint(model, images, "1-5")  # timing="sample": the first image timed at 1, 2, 4, 5
+    sample = evaluate_checkpoint(model, images, "1-5")  # timing="sample": the first image timed at every k
     assert len(sample["per_image"]) == len(exact["per_image"]) == 10
     for s, e in zip(sample["per_image"], exact["per_image"]):
         assert (s["image"], s["iterations"]) == (e["image"], e["iterations"])
         assert {k: s[k] for k in QUALITY_KEYS} == {k: e[k] for k in QUALITY_KEYS}, (s["image"], s["iterations"])
-        assert ("encoding_time" in s) == ("decoding_time" in s) == (s["image"] == "a" and s["iterations"] != 3)
+        assert ("encoding_time" in s) == ("decoding_time" in s) == (s["image"] == "a")
     r = sample["results"]
     timed = [row["encoding_time"] for row in sample["per_image"] if "encoding_time" in row]
-    assert [v for v in r["encoding_time"] if not math.isnan(v)] == timed and math.isnan(r["encoding_time"][2])
-    assert "on the first image only" in sample["timing"] and sample["timing"] in sample["description"]
+    assert r["encoding_time"] == timed and timed == sorted(timed) and 0 < timed[0]
+    assert "on the first image:" in sample["timing"] and sample["timing"] in sample["description"]
+    every = evaluate_checkpoint(model, images, "2,4", timing="prefix")
+    assert all(row["decoding_time"] > 0 for row in every["per_image"]) and "on every image" in every["timing"]
     untimed = evaluate_checkpoint(model, images[:1], "1,3", timing_images=0)
     assert all(math.isnan(v) for v in untimed["results"]["encoding_time"] + untimed["results"]["decoding_time"])
     for bad in (-1, 1.5, True):
@@ -259,11 +260,9 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 def test_eval_of_a_small_checkpoint_on_two_kodak_images(tiny_ckpt, tmp_path):
     out = tmp_path / "results"
     anchors = ["--anchors", str(ANCHORS)] if ANCHORS.is_dir() else []
-    start = time.perf_counter()
     assert _eval("--checkpoint", str(tiny_ckpt), "--images", str(KODAK), "--limit", "2", "--crop", "256",
                  "--iterations", "1-2", "--baselines", "jpeg", "--qualities", "5,75", "--out", str(out),
                  *anchors) == 0
-    assert time.perf_counter() - start < 60
     for name in ("rnncodec.json", "jpeg.json"):
         d = json.loads((out / name).read_text())
         assert {"name", "description", "results"} <= set(d) and COMPRESSAI_KEYS <= set(d["results"])
@@ -282,7 +281,7 @@ def test_eval_of_a_small_checkpoint_on_two_kodak_images(tiny_ckpt, tmp_path):
     assert "rnncodec (raw codes)" in summary["codecs"]
     assert summary["codecs"]["rnncodec"]["auc"]["ms-ssim-rgb"] is None  # 2 iterations: nowhere near 2 bpp
     assert summary["codecs"]["rnncodec"]["auc_notes"]["ms-ssim-rgb"].startswith("curve ends at 0.")
-    assert "first image only" in summary["timing"]
+    assert "times on the first image:" in summary["timing"]
     assert summary["entropy_coding"]["rnncodec"]["saving_percent"][0] > 0
     for stem in ("rd_psnr", "rd_ms-ssim", "rd_ms-ssim-db"):
         assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
