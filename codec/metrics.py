@@ -43,7 +43,12 @@ PATCH_MS_SSIM = MSSSIMConfig(3, 1.5, tuple(w / sum(STANDARD_WEIGHTS[:4]) for w i
 
 def psnr(a: np.ndarray | Tensor, b: np.ndarray | Tensor, data_range: float = 255.0) -> float:
     """PSNR in dB between two images of equal shape (∞ when identical)."""
-    mse = float(np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2))
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype == b.dtype == np.uint8:  # integer differences and one dot product: the same exact sum, 2× faster
+        d = np.subtract(a, b, dtype=np.int16).ravel().astype(np.float64)
+        mse = float(d @ d) / d.size
+    else:
+        mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(data_range**2 / mse)
 
 
@@ -100,13 +105,26 @@ def ms_ssim(x: Tensor, y: Tensor, data_range: float = 255.0) -> Tensor:
     return ms_ssim_with(x, y, data_range, PATCH_MS_SSIM)
 
 
+def _halve(x: Tensor) -> Tensor:
+    """``F.avg_pool2d(x, 2, padding=odd sides)``, as pytorch-msssim downsamples; for even sides of a
+    channels-last image as a vectorised sum of rows, then of columns (4× faster than the pooling kernel on
+    3 channels). The sums are in another order, which on 8-bit images changes nothing: their pyramids
+    (multiples of 4⁻ˡ below 256) are exact in float32."""
+    n, c, h, w = x.shape
+    if h % 2 or w % 2 or not x.is_contiguous(memory_format=torch.channels_last):
+        return F.avg_pool2d(x, 2, padding=[h % 2, w % 2])
+    pairs = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w * c)
+    rows = (pairs[:, :, 0] + pairs[:, :, 1]).view(n, h // 2, w // 2, 2 * c)
+    return (rows[..., :c] + rows[..., c:]).mul_(0.25).permute(0, 3, 1, 2)
+
+
 def _pyramid(x: Tensor, win: Tensor, levels: int) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
     """Per scale of a reference image: the image, its blurred mean μ, μ² and its variance, as
     pytorch-msssim computes them."""
     out = []
     for level in range(levels):
         if level:
-            x = F.avg_pool2d(x, 2, padding=[s % 2 for s in x.shape[2:]])
+            x = _halve(x)
         mu = _standard_blur(x, win)
         mu_sq = mu.pow(2)
         out.append((x, mu, mu_sq, _standard_blur(x * x, win) - mu_sq))
@@ -116,23 +134,21 @@ def _pyramid(x: Tensor, win: Tensor, levels: int) -> list[tuple[Tensor, Tensor, 
 def _ms_ssim_on(pyramid: list[tuple[Tensor, Tensor, Tensor, Tensor]], y: Tensor, win: Tensor, data_range: float,
                 cfg: MSSSIMConfig) -> Tensor:
     """MS-SSIM per image of the N×C×H×W ``y`` against the reference whose :func:`_pyramid` is given,
-    with pytorch-msssim's operations in its order."""
+    with pytorch-msssim's operations in its order, written in place where it can."""
     c1, c2 = (cfg.k1 * data_range) ** 2, (cfg.k2 * data_range) ** 2
     factors = []
     for level, (x, mu1, mu1_sq, sigma1_sq) in enumerate(pyramid):
         if level:
-            y = F.avg_pool2d(y, 2, padding=[s % 2 for s in y.shape[2:]])
+            y = _halve(y)
         mu2 = _standard_blur(y, win)
-        mu2_sq = mu2.pow(2)
         mu1_mu2 = mu1 * mu2
-        sigma2_sq = _standard_blur(y * y, win) - mu2_sq
-        sigma12 = _standard_blur(x * y, win) - mu1_mu2
-        cs_map = (2 * sigma12 + c2) / (sigma1_sq + sigma2_sq + c2)
-        if level < len(pyramid) - 1:
-            factors.append(torch.relu(torch.flatten(cs_map, 2).mean(-1)))
-        else:
-            ssim_map = ((2 * mu1_mu2 + c1) / (mu1_sq + mu2_sq + c1)) * cs_map
-            factors.append(torch.relu(torch.flatten(ssim_map, 2).mean(-1)))
+        last = level == len(pyramid) - 1
+        mu2_sq = mu2.square() if last else mu2.square_()
+        denominator = (_standard_blur(y * y, win) - mu2_sq).add_(sigma1_sq).add_(c2)  # σ₁² + σ₂² + C₂
+        cs_map = (_standard_blur(x * y, win) - mu1_mu2).mul_(2).add_(c2).div_(denominator)  # (2σ₁₂ + C₂) / …
+        if last:
+            cs_map.mul_(mu1_mu2.mul_(2).add_(c1).div_(mu1_sq + mu2_sq + c1))  # the SSIM map
+        factors.append(torch.relu(torch.flatten(cs_map, 2).mean(-1)))
     weights = y.new_tensor(cfg.weights).view(-1, 1, 1)
     return torch.prod(torch.stack(factors) ** weights, dim=0).mean(1)
 
@@ -140,8 +156,9 @@ def _ms_ssim_on(pyramid: list[tuple[Tensor, Tensor, Tensor, Tensor]], y: Tensor,
 def ms_ssim_against(reference: Tensor, images: Tensor, data_range: float = 255.0) -> Tensor:
     """Standard 5-scale MS-SSIM (shape N) of each of the N×C×H×W ``images`` against one 1×C×H×W
     ``reference``, both taken as float32: the values of ``ms_ssim(reference.expand_as(images), images)``
-    (pytorch-msssim's arithmetic), with the reference's pyramid and blurred statistics computed once
-    and the images converted and scored ``CHUNK_VALUES`` values at a time."""
+    (pytorch-msssim's arithmetic; on 8-bit images, whose pyramids are exact, to the bit), with the reference's
+    pyramid and blurred statistics computed once and the images converted and scored ``CHUNK_VALUES`` values
+    at a time."""
     if reference.shape[0] != 1 or reference.shape[1:] != images.shape[1:]:
         raise ValueError(f"expected one reference shaped like the images, got {tuple(reference.shape)} "
                          f"and {tuple(images.shape)}")
