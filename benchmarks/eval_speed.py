@@ -4,10 +4,10 @@ both measured in this run on the same images, and MS-SSIM per call batched again
     python benchmarks/eval_speed.py                            # 2 images, 1-16, JPEG and WebP
     python benchmarks/eval_speed.py --images 1 --iterations 1-4  # a quick look
 
-``new``: ``evaluate_checkpoint`` as ``rnncodec eval`` runs it by default (``timing="sample"``: the first
-``--timing-images`` images through real ``compress``/``decompress`` at every k, the others scored from
-one compress at the largest k, its prefixes and one progressive decode), and the baselines, all with
-batched metrics. ``old``: ``timing="exact"`` on every image and one pytorch-msssim call per point
+``new``: ``evaluate_checkpoint`` as ``rnncodec eval`` runs it by default (``timing="sample"``: every image
+scored from one compress at the largest k and its prefixes; the first ``--timing-images`` images also
+decoded once, and timed at every k per iteration of that compress and that decode), and the baselines,
+all with batched metrics. ``old``: ``timing="exact"`` on every image and one pytorch-msssim call per point
 (the metrics as they were before batching). Seconds per image come from the progress callback, so
 the timed sample image and the others are reported apart; ``projected_s`` is a run on
 ``--project`` images (24: Kodak) from these per-image figures. ``quality`` checks that both paths give
@@ -17,7 +17,9 @@ blocks above 32 MB mapped afresh (glibc's default at most) or freed blocks kept 
 (``codec.allocator``, as ``rnncodec eval`` sets it); best and median seconds. ``codec_floor``: the
 FLOPs of the network's forward pass at the largest k on the first image, its best time and this run's
 fp32 matmul peak (``train_throughput.matmul_peak``): ``floor_s`` is ``--project`` images' forward passes
-at that peak, which no fp32 implementation of the model beats. ``ms_ssim``: one Kodak image against its 19 JPEG reconstructions (qualities 5..95),
+at that peak, which no fp32 implementation of the model beats. ``split_times``: the default path's
+encode and decode times on the first image at 1, 2, 4, 8, … and the largest k against separate calls,
+medians of ``--repeats`` interleaved runs. ``ms_ssim``: one Kodak image against its 19 JPEG reconstructions (qualities 5..95),
 median of ``--repeats`` runs, seconds per reconstruction. The load average is recorded before and
 after: timings on a shared machine are only as good as its idleness. Prints one JSON object.
 """
@@ -43,7 +45,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).parent))
 from train_throughput import matmul_peak
 
-from rnncodec.codec import compress_progressive, load_checkpoint
+from rnncodec.codec import compress, compress_progressive, decompress, decompress_progressive, load_checkpoint
+from rnncodec.codec.bitstream import prefix_bitstream
 from rnncodec.codec import model as model_module
 from rnncodec.codec.allocator import reuse_freed_memory
 from rnncodec.codec.image import pad_to_stride, to_input
@@ -133,6 +136,29 @@ def cpu_kernels(model: Any, image: np.ndarray, iterations: int, repeats: int) ->
     return out
 
 
+def split_times(model: Any, image: np.ndarray, counts: list[int], repeats: int) -> dict[str, Any]:
+    """Encode and decode seconds at each of ``counts`` as the default eval reports them (split per iteration
+    out of one compress and one decompress at the largest count) against separate ``compress`` and
+    ``decompress`` calls at each count, interleaved ``repeats`` times; medians and their ratios."""
+    top = counts[-1]
+    split: dict[str, list[list[float]]] = {"encode": [], "decode": []}
+    real: dict[str, list[list[float]]] = {"encode": [], "decode": []}
+    for _ in range(repeats):
+        enc: list[float] = []
+        dec: list[float] = []
+        data, _ = compress_progressive(model, image, top, times=enc)
+        decompress_progressive(model, data, times=dec)
+        split["encode"].append([enc[k - 1] for k in counts])
+        split["decode"].append([dec[k - 1] for k in counts])
+        real["encode"].append([rd._timed(model, compress, model, image, k)[1] for k in counts])
+        real["decode"].append([rd._timed(model, decompress, model, prefix_bitstream(data, k))[1] for k in counts])
+    out: dict[str, Any] = {"counts": counts, "repeats": repeats}
+    for kind in ("encode", "decode"):
+        a, b = np.median(split[kind], axis=0), np.median(real[kind], axis=0)
+        out[kind] = {"split_s": list(a), "separate_calls_s": list(b), "ratio": list(a / b)}
+    return out
+
+
 def codec_floor(model: Any, image: np.ndarray, iterations: int, repeats: int, project: int) -> dict[str, Any]:
     """How close the codec's network runs to this CPU's limit: the FLOPs of one forward pass at the
     largest k on the (padded) image, its best time, and the same run's fp32 matmul peak; ``floor_s`` is
@@ -160,7 +186,7 @@ def main() -> int:
     p.add_argument("--iterations", default="1-16", help="iteration counts (default: 1-16)")
     p.add_argument("--baselines", default="jpeg,webp", help="baselines, as rnncodec eval's (default: jpeg,webp)")
     p.add_argument("--timing-images", type=int, default=rd.TIMING_IMAGES,
-                   help=f"images timed at every k by the default path (default: {rd.TIMING_IMAGES})")
+                   help=f"images the default path times (default: {rd.TIMING_IMAGES})")
     p.add_argument("--project", type=int, default=24, help="images of the projected run (default: 24, Kodak)")
     p.add_argument("--repeats", type=int, default=3, help="runs of the MS-SSIM measurement (default: 3)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -201,6 +227,9 @@ def main() -> int:
     out["quality"] = _same_quality(runs["new"]["result"], runs["old"]["result"])
     out["ms_ssim"] = ms_ssim_per_call(images[0][1], args.repeats)
     out["cpu_kernels"] = cpu_kernels(model, images[0][1], rd.parse_iterations(args.iterations)[-1], args.repeats)
+    ks = rd.parse_iterations(args.iterations)
+    out["split_times"] = split_times(model, images[0][1], [k for k in ks if k & (k - 1) == 0 or k == ks[-1]],
+                                     args.repeats)
     out["codec_floor"] = codec_floor(model, images[0][1], rd.parse_iterations(args.iterations)[-1], args.repeats,
                                      args.project)
     out["load_average_after"] = os.getloadavg()

@@ -556,9 +556,11 @@ def _add_eval_command(sub: argparse._SubParsersAction) -> None:
         epilog="By default (--timing sample) each image is compressed once, at the largest iteration count; the "
         "file for each smaller count is its prefix (byte for byte what compress writes for that count) and the "
         "reconstructions are the encoder's own (bit for bit the decoder's), so bpp, PSNR and MS-SSIM equal those "
-        "of --timing exact. Encode/decode times are real compress and decompress calls at counts 1, 2, 4, 8, … "
-        "and the largest on the first --timing-images images (1 by default), averaged over those only. --timing "
-        "exact compresses and decompresses afresh at every count on every image and times each: for 1-16, 8.5 times the codec work.")
+        "of --timing exact. Encode/decode times at every count are split out of that compress and one real "
+        "decompress at the largest count, timed per iteration (a compress or decompress at k does the work of "
+        "their first k iterations), on the first --timing-images images (1 by default), averaged over those only. "
+        "--timing exact compresses and decompresses afresh at every count on every image and times each: for "
+        "1-16, 8.5 times the codec work.")
     p.add_argument("--checkpoint", type=_path, action="append", metavar="CKPT",
                    help="model checkpoint (repeat to compare several; default: the model bundled with rnncodec)")
     p.add_argument("--images", required=True, type=_path, metavar="DIR", help="folder of test images (Kodak)")
@@ -574,9 +576,9 @@ def _add_eval_command(sub: argparse._SubParsersAction) -> None:
                    help="folder of published curves to overlay (e.g. ../shared/anchors/kodak)")
     p.add_argument("--timing", choices=("sample", "exact", "prefix"), default="sample",
                    help="sample: score every image from one compress at the largest count (smaller counts are its "
-                   "prefixes), time real compress/decompress at counts 1, 2, 4, 8, … and the largest on the first "
-                   "--timing-images images; exact: real compress and decompress at every count on every image, all "
-                   "timed; prefix: as sample, with times the largest count's scaled by k/K (default: sample)")
+                   "prefixes) and time every count on the first --timing-images images, split per iteration out of "
+                   "that compress and one real decompress; exact: real compress and decompress at every count on every "
+                   "image, all timed; prefix: as sample, with every image timed (default: sample)")
     p.add_argument("--timing-images", type=int, default=1, metavar="N",
                    help="with --timing sample, how many images (the first N) are timed; 0 times "
                    "none (default: 1)")
