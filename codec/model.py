@@ -167,18 +167,31 @@ def tanh(x: Tensor) -> Tensor:
 
 
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` that computes small outputs (at most 4×4 positions) of wide layers (at least 2,048
-    inputs per output: C·kh·kw) on the CPU as one matrix product over unfolded patches. On 32×32 patches
-    the paper-size model's deep 3×3 layers have 2×2 and 4×4 maps, where oneDNN's backward pass ran 1.4–3.4×
-    slower than the matrix product's; on narrower layers (width 0.25, or 1×1) the library was as fast or
-    up to 1.4× faster (per layer, forward and backward, batch 32, 1 and 2 threads). Larger maps and GPUs
-    keep the library convolution."""
+    """``nn.Conv2d`` that computes two kinds of convolution on the CPU as matrix products:
+
+    - 1×1 convolutions (stride 1, no padding) of one image, e.g. a Kodak photograph at evaluation: oneDNN
+      reorders NCHW tensors to its blocked layout and back around each, which on few channels costs more
+      than the product (the decoder's last layer: 8.5 ms against 0.8; every 1×1 layer of the bundled model
+      on a Kodak image as fast or faster), and the product sums alike on 1 and 2 threads, where oneDNN did
+      not (files and decoded pixels depended on the thread count). On training batches neither way
+      measured faster;
+    - small outputs (at most 4×4 positions) of wide layers (at least 2,048 inputs per output: C·kh·kw),
+      over unfolded patches. On 32×32 patches the paper-size model's deep 3×3 layers have 2×2 and 4×4 maps,
+      where oneDNN's backward pass ran 1.4–3.4× slower than the matrix product's; on narrower 3×3 layers
+      (width 0.25) the library was as fast or up to 1.4× faster (per layer, forward and backward, batch 32,
+      1 and 2 threads).
+
+    Other convolutions and GPUs keep the library's."""
 
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        if x.is_cuda or self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros":
+            return super()._conv_forward(x, weight, bias)
+        if (kh, kw, sh, sw, ph, pw) == (1, 1, 1, 1, 0, 0) and x.shape[0] == 1:
+            out = (weight.view(weight.shape[0], -1) @ x.reshape(x.shape[1], -1)).view(1, -1, *x.shape[2:])
+            return out if bias is None else out + bias.view(-1, 1, 1)
         ho, wo = (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
-        if (x.is_cuda or ho * wo > 16 or self.in_channels * kh * kw < 2048 or self.groups != 1
-                or self.dilation != (1, 1) or self.padding_mode != "zeros"):
+        if ho * wo > 16 or self.in_channels * kh * kw < 2048:
             return super()._conv_forward(x, weight, bias)
         cols = F.unfold(x, (kh, kw), padding=(ph, pw), stride=(sh, sw))  # N × C·kh·kw × ho·wo
         out = cols.transpose(1, 2).reshape(-1, cols.shape[1]) @ weight.reshape(weight.shape[0], -1).t()
@@ -288,7 +301,7 @@ class Decoder(nn.Module):
             rnns.append(_cell(config, cin, hidden, 1, k))
             cin = hidden // 4
         self.rnns = nn.ModuleList(rnns)
-        self.conv_out = nn.Conv2d(cin, 3, 1, bias=config.bias)
+        self.conv_out = Conv2d(cin, 3, 1, bias=config.bias)
 
     def forward(self, b: Tensor, states: list) -> Tensor:
         x = self.act(self.conv_in(b))

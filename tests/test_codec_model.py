@@ -332,6 +332,47 @@ def test_small_map_convolution_matches_the_library_forward_and_backward(cin, cou
         torch.testing.assert_close(p.grad, q.grad)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_one_image_1x1_convolution_is_the_librarys_forward_and_backward(bias, monkeypatch):
+    library = []
+    monkeypatch.setattr(torch.nn.Conv2d, "_conv_forward",
+                        lambda self, *a, f=torch.nn.Conv2d._conv_forward: library.append(self) or f(self, *a))
+    torch.manual_seed(0)
+    ours = Conv2d(8, 3, 1, bias=bias).double()
+    ref = torch.nn.Conv2d(8, 3, 1, bias=bias).double()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(1, 8, 20, 36, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    y, y_ref = ours(x), ref(x_ref)
+    assert ours not in library and y.is_contiguous()
+    torch.testing.assert_close(y, y_ref)
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    for p, q in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    ours(torch.randn(2, 8, 4, 4, dtype=torch.float64))
+    assert ours in library  # batches keep the library's convolution
+
+
+def test_one_image_1x1_convolutions_sum_alike_at_any_thread_count():
+    # oneDNN split this layer's sums (an E-RNN's hidden convolution on a Kodak image) differently on 1 and 2
+    # threads, so files and decoded pixels depended on the thread count
+    torch.manual_seed(0)
+    conv = Conv2d(128, 512, 1, bias=False)
+    x = torch.randn(1, 128, 64, 96)
+    threads, outs = torch.get_num_threads(), []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with torch.no_grad():
+                outs.append(conv(x))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(*outs)
+
+
 def test_the_cpu_tanh_is_torchs_within_float_rounding_in_value_and_gradient():
     x = torch.linspace(-12, 12, 20001, requires_grad=True)
     y = tanh(x)
