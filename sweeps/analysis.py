@@ -80,13 +80,15 @@ def at(points: list[tuple[int, int, float]], key: str, x: float) -> float | None
 
 
 def _complete(spec: Sweep, trial: dict[str, Any]) -> bool:
-    return any(h.get("epoch") == spec.fixed["epochs"] for h in trial["history"])
+    """Whether the trial trained all its epochs without diverging (a diverged trial stops, or ends NaN)."""
+    history = trial["history"]
+    return any(h.get("epoch") == spec.fixed["epochs"] for h in history) and not any(h.get("diverged") for h in history)
 
 
 def final_values(spec: Sweep, trials: list[dict[str, Any]]) -> dict[str, float]:
     """Trial → its metric at the last epoch (trials that completed it)."""
     out = {}
-    for t in trials:
+    for t in filter(lambda t: _complete(spec, t), trials):
         v = [h.get(spec.metric) for h in t["history"] if h.get("epoch") == spec.fixed["epochs"]]
         if v and isinstance(v[-1], (int, float)):
             out[t["trial"]] = float(v[-1])

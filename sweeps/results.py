@@ -87,6 +87,7 @@ def collect(location: str) -> tuple[Sweep, list[dict[str, Any]]]:
             if record["checkpoint"] is None:
                 record.update(params=meta.get("params") or {}, repeat=meta.get("repeat"), epoch=epoch,
                               history=[h for h in meta["history"] if isinstance(h, dict)], checkpoint=folder)
+        record["diverged"] = next((h.get("epoch") for h in record["history"] if h.get("diverged") is True), None)
         if not record["params"]:
             record["params"] = spec.trial_params(config)
             record["repeat"] = config.get("repeat")
@@ -112,7 +113,8 @@ def status_table(location: str):
         table.add_column(col, justify="left" if col in ("trial", "state") else "right")
     for t in trials:
         b = best(spec, t["history"])
-        cells = (t["trial"], t["status"], f"{t['epoch']}/{spec.fixed['epochs']}", str(t["failures"]),
+        state = t["status"] if t["diverged"] is None else f"{t['status']}, diverged"
+        cells = (t["trial"], state, f"{t['epoch']}/{spec.fixed['epochs']}", str(t["failures"]),
                  "-" if b is None else f"{b:.4f}", *(str(t["params"].get(a, "?")) for a in spec.axes), str(t["repeat"]))
         table.add_row(*map(Text, cells))  # as written, never read as rich markup
     return table, spec, trials
@@ -497,10 +499,12 @@ def summary_markdown(spec: Sweep, trials: list[dict[str, Any]], figures: list[st
     for t in trials:
         configs.setdefault(_label(spec, t["params"]), []).extend([finals[t["trial"]]] if t["trial"] in finals else [])
     stats_ = {k: (*mean_ci(v), len(v)) for k, v in configs.items()}
+    diverged = [f"{t['trial']} in epoch {t['diverged']}" for t in trials if t["diverged"] is not None]
+    stopped = f" Diverged and stopped (a non-finite training loss; left out of the means): {', '.join(diverged)}." if diverged else ""
     lines = [f"# Sweep {spec.name}", "", spec.description or "", "",
              (f"{len(trials)} trials ({len(finals)} completed all {spec.fixed['epochs']} epochs), {spec.repeats} "
               f"repeats per configuration. Metric: {spec.metric} ({spec.mode}); mean ± 95% confidence half-width "
-              "across repeats (Student t)."), "", "## Configurations at the last epoch", "",
+              f"across repeats (Student t).{stopped}"), "", "## Configurations at the last epoch", "",
              "| configuration | n | mean | sd | ±95% |", "|---|---:|---:|---:|---:|"]
     ranked = sorted(stats_, key=lambda k: (math.isnan(stats_[k][0]), -stats_[k][0] if spec.mode == "max" else stats_[k][0]))
     for k in ranked:

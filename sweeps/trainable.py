@@ -206,8 +206,9 @@ def run_trial(
     that epoch's checkpoint, in an attempt that started from scratch. ``where`` (e.g. the node) is
     recorded with every epoch. ``staging``, a folder of this trial's own, holds each checkpoint until
     ``report`` has copied it; what a killed attempt left there is removed at the start (without it the
-    system's temporary folder is used, and a killed attempt leaves one checkpoint there). Returns the
-    last metrics.
+    system's temporary folder is used, and a killed attempt leaves one checkpoint there). A trial whose
+    training loss turns non-finite (``diverged`` in its metrics) stops once that epoch is stored and
+    reported, and so does a resume of it. Returns the last metrics.
     """
     wall_start = time.perf_counter()
     key, seed = trial_key(params, repeat), trial_seed(params, repeat)
@@ -258,10 +259,13 @@ def run_trial(
     shown = val_pixels[: (wandb_settings or {}).get("images", 8)]
     images_every = (wandb_settings or {}).get("images_every", 0)
     batches = _endless(loader)
-    metrics: dict[str, Any] = {}
+    # a trial whose loss went non-finite stops after saving that epoch (its weights are NaN from then on): a
+    # retry of an attempt that stopped there, or a resume, must not train on
+    diverged = bool(history) and bool(history[-1].get("diverged"))
+    metrics: dict[str, Any] = dict(history[-1]) if diverged else {}
     exit_code = 1
     try:
-        for epoch in range(started_at + 1, epochs + 1):
+        for epoch in range(epochs + 1 if diverged else started_at + 1, epochs + 1):
             epoch_start = time.perf_counter()
             losses, probes, end = [], [], trainer.steps + steps_per_epoch
             for step in probe_steps(params["val_probes"], trainer.steps, end):
@@ -269,6 +273,7 @@ def run_trial(
                 probes.append({"steps": step, "samples_seen": trainer.samples_seen, "train_time": trainer.train_time,
                                **quality_metrics("val", trainer.evaluate(val_pixels))})
             losses += trainer.run(batches, end - trainer.steps)
+            diverged = not all(map(math.isfinite, losses))
             train_q = trainer.evaluate(train_pixels)
             val_q = trainer.evaluate(val_pixels, keep=len(shown))
             now = time.perf_counter()
@@ -283,6 +288,7 @@ def run_trial(
                 "resumed_from_epoch": started_at if state is not None else -1,
                 "train/step_loss": float(np.mean(losses)), "setup_time": setup_time, "wandb_time": wandb_time,
                 "first_step_at": first_step_at, "epoch_end_at": time.time(), "device": device.type, **(where or {}),
+                "diverged": diverged,
                 **quality_metrics("train", train_q), **quality_metrics("val", val_q),
             }
             history.append({k: v for k, v in metrics.items() if k != "trial_key"}
@@ -314,6 +320,11 @@ def run_trial(
                     curve = [[v["steps"], v["samples_seen"], v["val/ms_ssim"], v["val/psnr"]] for v in validations(history)]
                     logger.table("val/by_steps", ["steps", "samples_seen", "ms_ssim", "psnr"], curve, reports)
             wandb_time += time.perf_counter() - t_log
+            if diverged:
+                loss = next(v for v in losses if not math.isfinite(v))
+                warn(f"{trial_name} diverged in epoch {epoch} (a training loss of {loss}); it stops here, its other "
+                     "epochs not run: lower lr or set grad_clip")
+                break
             if state is None and fail_after_epoch == epoch and epoch < epochs:
                 raise InjectedFailure(f"injected failure after epoch {epoch}")
         exit_code = 0

@@ -6,7 +6,8 @@ import math
 import pytest
 from scipy import stats
 
-from rnncodec.sweeps.analysis import aligned_values, along, at, curve, holm, mean_ci, welch
+from rnncodec.sweeps.analysis import aligned_values, along, at, curve, final_values, holm, mean_ci, welch
+from rnncodec.sweeps.results import summary_markdown
 from rnncodec.sweeps.spec import parse_spec
 
 
@@ -51,6 +52,21 @@ def test_values_at_equal_steps_interpolate_in_log_steps():
     trials = [trial("a", 8, 64, [(8, 0.3), (16, 0.5)]), trial("b", 16, 64, [(4, 0.25), (8, 0.35)])]
     values, common = aligned_values(SPEC, trials, "batch_size", "steps")
     assert common == {(("train_size", 64),): 8} and values == {"a": 0.3, "b": 0.35}
+
+
+def test_a_diverged_trial_counts_in_no_final_value_even_at_the_last_epoch():
+    done, late, early = (trial(n, 8, 64, [(8, 0.3), (16, 0.5)]) for n in ("done", "late", "early"))
+    late["history"][-1]["diverged"] = True  # garbage but finite metrics: a NaN model can still score 6 dB
+    early["history"] = early["history"][:1]
+    early["history"][0]["diverged"] = True
+    assert final_values(SPEC, [done, late, early]) == {"done": 0.5}
+    values, _ = aligned_values(SPEC, [done, late], "batch_size", "steps")
+    assert set(values) == {"done"}
+    for t, epoch in ((done, None), (late, 2), (early, 1)):
+        t.update(status="TERMINATED", failures=0, error=None, started=None, diverged=epoch)
+    summary = summary_markdown(SPEC, [done, late, early], [])
+    assert "3 trials (1 completed all 2 epochs)" in summary
+    assert "Diverged and stopped (a non-finite training loss; left out of the means): late in epoch 2, early in epoch 1." in summary
 
 
 def test_verdicts_name_an_interior_optimum_a_dip_or_neither():

@@ -158,6 +158,21 @@ def test_unreadable_checkpoint_falls_back_to_the_previous_then_restarts(tmp_path
     assert [m["epoch"] for m in trial.metrics] == [1, 2]
 
 
+def test_a_diverging_trial_stops_once_that_epoch_is_stored_and_a_resume_trains_no_further(tmp_path, prepared, params):
+    trial = Folder(tmp_path / "trial")
+    blowup = {**params, "lr": 1e30}  # far above what a sweep file may ask for: the loss is NaN by the second step
+    warnings = []
+    last = trial.run(blowup, data=prepared, warn=warnings.append)
+    assert [(m["epoch"], m["diverged"]) for m in trial.metrics] == [(1, True)]  # not epochs 2 and 3 of NaN weights
+    assert last["diverged"] and len(warnings) == 1 and "diverged in epoch 1" in warnings[0] and "lower lr" in warnings[0]
+    assert [e for e, _, _, _ in checkpoints(LOCAL, str(trial.path))] == [1]  # stored: the report names it
+    again = trial.run(blowup, data=prepared, warn=warnings.append)  # a retry or resume of that trial
+    assert len(trial.metrics) == 1 and again["epoch"] == 1 and again["diverged"]
+    healthy = Folder(tmp_path / "healthy")
+    healthy.run({**params, "epochs": 1}, data=prepared)
+    assert healthy.metrics[0]["diverged"] is False
+
+
 def test_checkpoint_of_another_trial_is_not_used(tmp_path, prepared, params):
     trial = Folder(tmp_path / "trial")
     trial.run({**params, "epochs": 1}, data=prepared)
