@@ -113,7 +113,7 @@ def status_table(location: str):
         table.add_column(col, justify="left" if col in ("trial", "state") else "right")
     for t in trials:
         b = best(spec, t["history"])
-        state = t["status"] if t["diverged"] is None else f"{t['status']}, diverged"
+        state = t["status"] if t.get("diverged") is None else f"{t['status']}, diverged"
         cells = (t["trial"], state, f"{t['epoch']}/{spec.fixed['epochs']}", str(t["failures"]),
                  "-" if b is None else f"{b:.4f}", *(str(t["params"].get(a, "?")) for a in spec.axes), str(t["repeat"]))
         table.add_row(*map(Text, cells))  # as written, never read as rich markup
@@ -499,7 +499,7 @@ def summary_markdown(spec: Sweep, trials: list[dict[str, Any]], figures: list[st
     for t in trials:
         configs.setdefault(_label(spec, t["params"]), []).extend([finals[t["trial"]]] if t["trial"] in finals else [])
     stats_ = {k: (*mean_ci(v), len(v)) for k, v in configs.items()}
-    diverged = [f"{t['trial']} in epoch {t['diverged']}" for t in trials if t["diverged"] is not None]
+    diverged = [f"{t['trial']} in epoch {t['diverged']}" for t in trials if t.get("diverged") is not None]
     stopped = f" Diverged and stopped (a non-finite training loss; left out of the means): {', '.join(diverged)}." if diverged else ""
     lines = [f"# Sweep {spec.name}", "", spec.description or "", "",
              (f"{len(trials)} trials ({len(finals)} completed all {spec.fixed['epochs']} epochs), {spec.repeats} "
