@@ -82,7 +82,7 @@ def at(points: list[tuple[int, int, float]], key: str, x: float) -> float | None
 def _complete(spec: Sweep, trial: dict[str, Any]) -> bool:
     """Whether the trial trained all its epochs without diverging (a diverged trial stops, or ends NaN)."""
     history = trial["history"]
-    return any(h.get("epoch") == spec.fixed["epochs"] for h in history) and not any(h.get("diverged") for h in history)
+    return any(h.get("epoch") == spec.fixed["epochs"] for h in history) and not any(h.get("diverged") is True for h in history)
 
 
 def final_values(spec: Sweep, trials: list[dict[str, Any]]) -> dict[str, float]:

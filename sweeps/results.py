@@ -269,8 +269,8 @@ def _levels_figure(path: Path, spec: Sweep, trials: list[dict[str, Any]], axis: 
 
 def best_checkpoint(spec: Sweep, trial: dict[str, Any]) -> tuple[float, str] | None:
     """The sweep metric and folder of the trial's best stored checkpoint (Tune keeps the best ones by
-    that metric, and the newest)."""
-    values = {h.get("epoch"): h.get(spec.metric) for h in trial["history"]}
+    that metric, and the newest); never one whose epoch diverged, whose weights are NaN."""
+    values = {h.get("epoch"): h.get(spec.metric) for h in trial["history"] if h.get("diverged") is not True}
     scored = [(values[e], folder) for e, folder in trial["checkpoints"].items()
               if isinstance(values.get(e), (int, float)) and math.isfinite(values[e])]
     if not scored:

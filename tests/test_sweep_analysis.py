@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from rnncodec.sweeps.analysis import aligned_values, along, at, curve, final_values, holm, mean_ci, welch
-from rnncodec.sweeps.results import summary_markdown
+from rnncodec.sweeps.results import best_checkpoint, summary_markdown
 from rnncodec.sweeps.spec import parse_spec
 
 
@@ -64,6 +64,9 @@ def test_a_diverged_trial_counts_in_no_final_value_even_at_the_last_epoch():
     assert set(values) == {"done"}
     for t, epoch in ((done, None), (late, 2), (early, 1)):
         t.update(status="TERMINATED", failures=0, error=None, started=None, diverged=epoch)
+    late["checkpoints"] = {1: "epoch-1", 2: "epoch-2"}
+    early["checkpoints"] = {1: "epoch-1"}
+    assert best_checkpoint(SPEC, late) == (0.3, "epoch-1") and best_checkpoint(SPEC, early) is None  # NaN weights
     summary = summary_markdown(SPEC, [done, late, early], [])
     assert "3 trials (1 completed all 2 epochs)" in summary
     assert "Diverged and stopped (a non-finite training loss; left out of the means): late in epoch 2, early in epoch 1." in summary
