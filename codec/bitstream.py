@@ -46,7 +46,7 @@ from rnncodec.codec.errors import CodecError
 from rnncodec.codec.image import to_input, to_pixels
 from rnncodec.codec.model import RNNCodec
 from rnncodec.codec.options import MAX_BITS, MAX_ITERATIONS, STRIDE
-from rnncodec.data.files import unreadable_file
+from rnncodec.data.files import open_regular
 from rnncodec.data.images import MAX_PIXELS, to_rgb8
 
 MAGIC = b"RNNC"
@@ -438,10 +438,8 @@ def read_bitstream(path: str | Path) -> bytes:
     """The bytes of an rnncodec file, read no further than its header and chunk lengths say the file can
     reach (plus one byte, so trailing data is still noticed): a huge foreign file costs no memory."""
     path = Path(path)
-    if problem := unreadable_file(path, "rnncodec"):
-        raise CodecError(problem)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, "rnncodec", CodecError) as f:
             size = os.fstat(f.fileno()).st_size
             header = parse_header(f.read(HEADER_BYTES + 1))
             f.seek(0)

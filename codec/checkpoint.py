@@ -21,7 +21,7 @@ import torch
 from rnncodec.codec.errors import CodecError
 from rnncodec.codec.model import CodecConfig, RNNCodec
 from rnncodec.data.errors import shown
-from rnncodec.data.files import unreadable_file, write_atomic
+from rnncodec.data.files import open_regular, write_atomic
 
 FORMAT = "rnncodec-model"
 VERSION = 1
@@ -105,12 +105,12 @@ def save_checkpoint(path: str | Path, model: RNNCodec, **extra: Any) -> None:
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint file safely (``weights_only=True``) as a dict."""
     path = Path(path)
-    if problem := unreadable_file(path, "checkpoint"):
-        raise CodecError(problem)
     try:
-        with warnings.catch_warnings():
+        with open_regular(path, "checkpoint", CodecError) as f, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on old pickle protocols: the error says enough
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(f, map_location="cpu", weights_only=True)
+    except CodecError:
+        raise
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if found := re.search(r"GLOBAL (\S+)", text):

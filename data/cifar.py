@@ -29,7 +29,7 @@ from typing import BinaryIO
 import numpy as np
 
 from rnncodec.data.errors import DataError, shown
-from rnncodec.data.files import file_digest
+from rnncodec.data.files import file_digest, open_regular
 from rnncodec.data.progress import progress_bar
 from rnncodec.data.shards import IMAGE_BYTES, Rows
 
@@ -254,7 +254,7 @@ class CifarArchive:
                     f"{self.location} lacks {name}: it is not a complete {self.layout.folder}/ folder; "
                     "extract the archive again"
                 )
-            with open(path, "rb") as handle:
+            with open_regular(path, self.layout.title, DataError) as handle:  # it may have changed since the check
                 self._check_size(name, name, os.fstat(handle.fileno()).st_size)
                 yield name, *_read(handle, self.layout.limit(name), keep)
 

@@ -35,21 +35,29 @@ def reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def unreadable_file(path: str | Path, what: str) -> str | None:
-    """Why ``path`` cannot be read as a ``what`` file ("image", "checkpoint", …), in one line: missing,
-    a folder, or not a regular file (a device or pipe, which a read could wait on forever); None when it is
-    a regular file."""
+def open_regular(path: str | Path, what: str, error: type[Exception] = FileError) -> BinaryIO:
+    """``path`` opened for binary reading, or ``error`` with why it cannot be read as a ``what`` file
+    ("image", "checkpoint", …), in one line: missing, a folder, or not a regular file (a device or pipe,
+    which a read could wait on forever). The check is made on the opened file, which is opened without
+    waiting, so a file swapped for a pipe after a check cannot hang the read."""
     try:
-        mode = os.stat(path).st_mode
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
-        return f"no such {what} file: {path}"
+        raise error(f"no such {what} file: {path}") from None
     except OSError as exc:
-        return f"cannot read {path} ({reason(exc)}); give the path of a readable {what} file"
-    if stat.S_ISREG(mode):
-        return None
+        if exc.errno != errno.ENXIO:  # ENXIO: a socket
+            raise error(f"cannot read {path} ({reason(exc)}); give the path of a readable {what} file") from None
+        mode = stat.S_IFSOCK
+    else:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
     if stat.S_ISDIR(mode):
-        return f"{path} is a folder; give the path of the {what} file"
-    return f"{path} is not a regular file (a device, pipe or socket); give the path of the {what} file"
+        raise error(f"{path} is a folder; give the path of the {what} file")
+    if not stat.S_ISREG(mode):
+        raise error(f"{path} is not a regular file (a device, pipe or socket); give the path of the {what} file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def file_in_the_way(path: str | Path) -> Path | None:

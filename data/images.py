@@ -16,14 +16,16 @@ import io
 import itertools
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image
 
 from rnncodec.data.errors import DataError
-from rnncodec.data.files import unreadable_file, write_atomic
+from rnncodec.data.files import open_regular, write_atomic
 
 MAX_PIXELS = 1 << 26  # 67 megapixels: an 8192×8192 image; 192 MB as 8-bit RGB
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -59,13 +61,14 @@ def _round(a: np.ndarray, top: int = 65535) -> np.ndarray:
     return np.round(a.astype(np.float64) * (255 / top)).astype(np.uint8)
 
 
-def _read_png16(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """A 16-bit colour (or grey + alpha) PNG through pypng, which keeps all 16 bits; ``size`` is the one
-    Pillow read from the header and checked."""
+def _read_png16(file: BinaryIO, path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A 16-bit colour (or grey + alpha) PNG through pypng, which keeps all 16 bits, from the start of
+    ``file`` (``path``'s); ``size`` is the one Pillow read from the header and checked."""
     import png
 
     try:
-        width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+        file.seek(0)
+        width, height, rows, info = png.Reader(file=file).asDirect()
         if (width, height) != size:
             raise DataError(f"{path} changed while being read; read it again")
         a = np.empty((height, width * info["planes"]), np.uint16)
@@ -116,15 +119,21 @@ def to_rgb8(img: Image.Image, name: str = "image") -> np.ndarray:
     return np.asarray(img if img.mode == "RGB" else img.convert("RGB"), dtype=np.uint8)
 
 
-def _open(path: Path) -> Image.Image:
-    """Open ``path`` and check what can be checked before decoding: size and frame count."""
-    if problem := unreadable_file(path, "image"):
-        raise DataError(problem)
+@contextmanager
+def _open(path: Path) -> Iterator[tuple[Image.Image, BinaryIO]]:
+    """``path`` opened as an image and as a file, after what can be checked before decoding: size and
+    frame count."""
+    with open_regular(path, "image", DataError) as file, _checked(file, path) as img:
+        yield img, file
+
+
+def _checked(file: BinaryIO, path: Path) -> Image.Image:
+    """Pillow's image of ``file``, with its header read and checked."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's notes on damaged metadata (EXIF, TIFF tags)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(file)
             width, height = img.size
             frames = getattr(img, "n_frames", 1)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -149,19 +158,18 @@ def _open(path: Path) -> Image.Image:
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) of an image file, read from its header, under the same checks as ``load_image``."""
-    with _open(Path(path)) as img:
+    with _open(Path(path)) as (img, _):
         return img.size
 
 
 def load_image(path: str | Path) -> np.ndarray:
     """Read an image file as H×W×3 uint8 under the module's rule."""
     path = Path(path)
-    img = _open(path)
     try:
-        with img, warnings.catch_warnings():
+        with _open(path) as (img, file), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if img.format == "PNG" and _deep_colour(img):
-                return _oriented(_read_png16(path, img.size), img)
+                return _oriented(_read_png16(file, path, img.size), img)
             if _deep_colour(img):
                 raise DataError(f"{path} holds 16-bit colour that Pillow cannot read in full; "
                                 "convert it to a 16-bit PNG or to 8 bits first")

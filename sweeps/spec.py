@@ -39,7 +39,7 @@ from rnncodec.codec.options import (
     OPTIMIZERS,
 )
 from rnncodec.data.errors import DataError, RnncodecError, shown
-from rnncodec.data.files import unreadable_file
+from rnncodec.data.files import FileError, open_regular, reason
 from rnncodec.data.remote import check_no_secret
 from rnncodec.data.sources import CIFAR, SOURCES, check_source
 
@@ -524,13 +524,18 @@ def _expanded_size(value: Any, sizes: dict[int, int], active: set[int]) -> int:
 def load_spec(path: str | Path) -> Sweep:
     """Read and validate a sweep file."""
     path = Path(path)
-    if problem := unreadable_file(path, "sweep"):
-        raise SweepError(f"{problem} (a YAML sweep file, see sweeps/demo.yaml)")
-    if path.stat().st_size > MAX_FILE_BYTES:
+    try:
+        with open_regular(path, "sweep") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except FileError as exc:
+        raise SweepError(f"{exc} (a YAML sweep file, see sweeps/demo.yaml)") from None
+    except OSError as exc:
+        raise SweepError(f"cannot read {path} ({reason(exc)}); check the file") from None
+    if len(data) > MAX_FILE_BYTES:
         raise SweepError(f"{path} is larger than {MAX_FILE_BYTES >> 20} MB, which no sweep file is; "
                          "give a YAML sweep file (see sweeps/demo.yaml)")
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 - a SafeLoader
+        raw = yaml.load(data.decode(), Loader=_Loader)  # noqa: S506 - a SafeLoader
         if raw is None:
             raise SweepError("the file is empty; start from sweeps/demo.yaml")
         if _expanded_size(raw, {}, set()) > MAX_VALUES:

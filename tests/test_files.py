@@ -1,13 +1,15 @@
 """write_atomic: regular files replaced whole, symlinks followed, special files never replaced."""
 
 import os
+import socket
 import stat
 import threading
 from pathlib import Path
 
 import pytest
 
-from rnncodec.data.files import FileError, check_file_name, staged_files, unreadable_file, write_atomic
+from rnncodec.data.files import FileError, check_file_name, open_regular, staged_files, write_atomic
+from rnncodec.sweeps.spec import load_spec
 
 
 def test_a_regular_file_is_replaced_whole_and_keeps_its_mode(tmp_path):
@@ -97,16 +99,67 @@ def test_file_names_from_files_must_be_plain(name):
 
 
 def test_only_regular_files_are_readable_inputs(tmp_path):
-    """Missing paths, folders, pipes and devices are named as such (a read of a pipe could wait forever)."""
+    """Missing paths, folders, pipes, sockets and devices are named as such (a read of a pipe could wait
+    forever), and a regular file comes back open."""
     (tmp_path / "a.png").write_bytes(b"x")
     os.mkfifo(tmp_path / "pipe")
-    assert unreadable_file(tmp_path / "a.png", "image") is None
-    assert unreadable_file(tmp_path / "b.png", "image") == f"no such image file: {tmp_path / 'b.png'}"
-    assert unreadable_file(tmp_path / "a.png" / "c", "image").startswith("no such image file")
-    assert unreadable_file(tmp_path, "checkpoint") == f"{tmp_path} is a folder; give the path of the checkpoint file"
-    for special in (tmp_path / "pipe", "/dev/null"):
-        assert unreadable_file(special, "sweep").endswith("is not a regular file (a device, pipe or socket); "
-                                                          "give the path of the sweep file")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "sock"))
+    with open_regular(tmp_path / "a.png", "image") as f:
+        assert f.read() == b"x"
+
+    def problem(path, what):
+        with pytest.raises(FileError) as info:
+            open_regular(path, what)
+        return str(info.value)
+
+    assert problem(tmp_path / "b.png", "image") == f"no such image file: {tmp_path / 'b.png'}"
+    assert problem(tmp_path / "a.png" / "c", "image").startswith("no such image file")
+    assert problem(tmp_path, "checkpoint") == f"{tmp_path} is a folder; give the path of the checkpoint file"
+    for special in (tmp_path / "pipe", tmp_path / "sock", "/dev/null"):
+        assert problem(special, "sweep") == (f"{special} is not a regular file (a device, pipe or socket); "
+                                             "give the path of the sweep file")
+    sock.close()
+
+
+def test_a_file_swapped_for_a_pipe_once_looked_at_is_never_waited_on(tmp_path, monkeypatch):
+    """The sweep file becomes a pipe as soon as rnncodec first stats or opens it. Checked by path and then
+    opened, the read would wait forever on the pipe (opened for reading, a pipe with no writer blocks);
+    checked on the opened file, it reads what was there."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text("fixed: {")
+    swapped = threading.Event()
+
+    def swapping(real):
+        def call(target, *args, **kwargs):
+            result = real(target, *args, **kwargs)
+            if os.fspath(target) == str(path) and not swapped.is_set():
+                swapped.set()
+                path.unlink()
+                os.mkfifo(path)
+            return result
+        return call
+
+    monkeypatch.setattr(os, "stat", swapping(os.stat))
+    monkeypatch.setattr(os, "open", swapping(os.open))
+    outcome = []
+    reader = threading.Thread(target=lambda: outcome.append(_error_of(load_spec, path)), daemon=True)
+    reader.start()
+    reader.join(10)
+    monkeypatch.undo()
+    if reader.is_alive():  # let it go: a writer that closes at once ends the read
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(10)
+    assert swapped.is_set() and outcome, "load_spec waited on a pipe swapped in after its check"
+    assert outcome[0].startswith(f"{path} is not valid YAML")  # the content read before the swap
+
+
+def _error_of(function, *args) -> str:
+    try:
+        function(*args)
+    except Exception as exc:  # noqa: BLE001
+        return str(exc)
+    return ""
 
 
 def test_staged_files_appear_together_or_not_at_all(tmp_path):
