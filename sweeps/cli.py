@@ -376,7 +376,7 @@ def _sweep_status(args: argparse.Namespace) -> int:
     table, _, trials = status_table(args.path)
     Console(width=None if sys.stdout.isatty() else 160).print(table)
     for note in damaged(trials):
-        _say(f"note: passed over the damaged checkpoint {note}")
+        _say(f"note: passed over the checkpoint {note}")
     return 0
 
 
@@ -385,7 +385,7 @@ def _sweep_report(args: argparse.Namespace) -> int:
 
     result = write_report(args.path, args.out, images=args.images, anchors=args.anchors, limit=args.limit)
     for note in result["damaged"]:
-        _say(f"note: passed over the damaged checkpoint {note}")
+        _say(f"note: passed over the checkpoint {note}")
     _say(f"wrote {result['out']}: results.csv ({result['rows']} rows), {', '.join(result['figures'])}, summary.md")
     print(result["out"])
     return 0

@@ -356,7 +356,7 @@ def meta_problem(meta: Any) -> str | None:
 def checkpoints(fs: pafs.FileSystem, trial_dir: str) -> list[tuple[int, str, dict[str, Any] | None, str | None]]:
     """``(epoch, folder, meta, problem)`` of the trial's checkpoint folders, newest epoch first. ``meta``
     is the folder's meta.json, or None (and the epoch -1) when it cannot be used: ``problem`` then says
-    why, unless the file is absent (a copy still under way)."""
+    why."""
     try:
         infos = fs.get_file_info(pafs.FileSelector(trial_dir, allow_not_found=True))
     except (OSError, ValueError):
@@ -370,7 +370,7 @@ def checkpoints(fs: pafs.FileSystem, trial_dir: str) -> list[tuple[int, str, dic
             meta = read_json(fs, f"{info.path}/{META_FILE}")
             problem = meta_problem(meta)
         except FileNotFoundError:
-            pass
+            problem = "absent (a copy under way, or one cut short)"
         except Exception as exc:  # noqa: BLE001 - any damage means: unknown, tried last
             problem = f"unreadable ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]})"
         if problem is not None:

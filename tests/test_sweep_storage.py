@@ -150,3 +150,7 @@ def test_a_damaged_trials_file_and_meta_are_read_around_and_named(tmp_path):
     assert first["params"]["batch_size"] == 32 and first["history"] == []  # the listed value dropped: the default
     (note,) = damaged(trials)
     assert note.startswith(str(folder)) and "meta.json history[0] lacks a whole epoch" in note
+    cut = tmp_path / "trial_0" / "checkpoint_000001"  # a copy cut short before its meta.json
+    cut.mkdir()
+    (cut / "state.pt").write_bytes(b"x")
+    assert damaged(collect(str(tmp_path))[1])[0] == f"{cut}: meta.json absent (a copy under way, or one cut short)"
