@@ -463,7 +463,10 @@ def run_facts(trials: list[dict[str, Any]], wandb_runs: int | None = None) -> li
     start to the last epoch's end, trials per hour, where the trials' time went, W&B runs written."""
     lasts = [t["history"][-1] for t in trials if t["history"]]
     statuses = [t["status"] for t in trials]
-    lines = [f"- trials: {statuses.count('TERMINATED')} finished, {statuses.count('ERROR')} errored, "
+    diverged = sum(t.get("diverged") is not None for t in trials)
+    lines = [f"- trials: {statuses.count('TERMINATED')} finished"
+             + (f" ({diverged} of them stopped when they diverged)" if diverged else "")
+             + f", {statuses.count('ERROR')} errored, "
              f"{len(trials) - statuses.count('TERMINATED') - statuses.count('ERROR')} other; retries after a "
              f"failure: {sum(int(t['failures'] or 0) for t in trials)}"
              + "".join(f"\n  - {t['trial']}: {t['error']}" for t in trials if t.get("error"))]

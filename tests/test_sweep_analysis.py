@@ -70,6 +70,7 @@ def test_a_diverged_trial_counts_in_no_final_value_even_at_the_last_epoch():
     summary = summary_markdown(SPEC, [done, late, early], [])
     assert "3 trials (1 completed all 2 epochs)" in summary
     assert "Diverged and stopped (a non-finite training loss; left out of the means): late in epoch 2, early in epoch 1." in summary
+    assert "- trials: 3 finished (2 of them stopped when they diverged), 0 errored" in summary
 
 
 def test_verdicts_name_an_interior_optimum_a_dip_or_neither():
