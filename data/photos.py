@@ -122,7 +122,7 @@ class PhotoSource:
             keep = hardest(patches, self.hard_patches) if self.hard_patches else np.arange(len(patches))
             if len(keep) != self.rows[code]:
                 raise DataError(f"{self.paths[code]} changed while being prepared; prepare again")
-            yield Rows.build(patches[keep], source=code, index=keep)
+            yield Rows.build(patches if len(keep) == len(patches) else patches[keep], source=code, index=keep)
 
     def describe(self) -> dict:
         return {

@@ -198,3 +198,15 @@ def test_a_malformed_tiff_is_refused_in_one_line_whatever_pillow_raises(tmp_path
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing may leak out as a warning either
         refused(path, "is not a readable image")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "P", "CMYK", "L", "RGBA", "YCbCr", "1"])
+def test_images_are_converted_by_strips_exactly_as_whole(mode):
+    """Strips of a few rows, the last one short, give Pillow's whole-image conversion to the byte."""
+    from rnncodec.data.images import _rgb_by_strips
+
+    rgb = np.random.default_rng(1).integers(0, 256, (37, 29, 3), np.uint8)
+    img = Image.fromarray(rgb).convert(mode)
+    whole = np.asarray(img.convert("RGB"))
+    for strip_pixels in (1, 29 * 5, 29 * 37, 1 << 20):
+        assert np.array_equal(_rgb_by_strips(img, strip_pixels), whole)
