@@ -60,6 +60,19 @@ def open_regular(path: str | Path, what: str, error: type[Exception] = FileError
     return os.fdopen(fd, "rb")
 
 
+def read_limited(path: str | Path, what: str, limit: int, fix: str, error: type[Exception] = FileError) -> bytes:
+    """The bytes of a small ``what`` file (see :func:`open_regular`), never reading more than ``limit`` + 1;
+    ``error`` ending in ``fix`` when it is larger or a read fails."""
+    with open_regular(path, what, error) as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as exc:
+            raise error(f"cannot read {path} ({reason(exc)}); {fix}") from None
+    if len(data) > limit:
+        raise error(f"{path} is larger than {limit >> 20} MB, which no {what} file is; {fix}")
+    return data
+
+
 def file_in_the_way(path: str | Path) -> Path | None:
     """The existing file (not folder) among ``path``'s parents, which stops anything being made there."""
     return next((p for p in Path(path).parents if p.exists() and not p.is_dir()), None)

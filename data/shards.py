@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from rnncodec.data.errors import DataError, RnncodecError, shown
-from rnncodec.data.files import check_file_name, file_digest, open_regular
+from rnncodec.data.files import check_file_name, file_digest, read_limited
 from rnncodec.data.progress import progress_bar
 
 FORMAT_VERSION = 1
@@ -200,11 +200,8 @@ def read_manifest(folder: Path) -> dict:
         raise DataError(
             f"{folder} holds no {MANIFEST}: it is not a prepared dataset; run `rnncodec data prepare` first"
         )
-    with open_regular(path, "manifest", DataError) as f:  # it may have changed since the check
-        data = f.read(MAX_MANIFEST_BYTES + 1)
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise DataError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MB, which no manifest is; prepare the data again")
-    return parse_manifest(data, str(path), f"delete {folder} and prepare it again")
+    fix = f"delete {folder} and prepare it again"
+    return parse_manifest(read_limited(path, "manifest", MAX_MANIFEST_BYTES, fix, DataError), str(path), fix)
 
 
 def split_entry(manifest: dict, split: str, folder: Path) -> dict:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from rnncodec.codec.errors import CodecError
-from rnncodec.data.files import open_regular, write_atomic
+from rnncodec.data.files import read_limited, write_atomic
 
 
 def compressai_json(result: dict[str, Any]) -> dict[str, Any]:
@@ -85,14 +85,11 @@ MAX_CURVE_FILE_BYTES = 16 << 20  # a published curve file holds a few dozen poin
 
 def read_curve_file(path: Path) -> str:
     """The text of a published curve file: a regular file of at most MAX_CURVE_FILE_BYTES."""
-    with open_regular(path, "curve", CodecError) as f:
-        try:
-            data = f.read(MAX_CURVE_FILE_BYTES + 1)
-            if len(data) > MAX_CURVE_FILE_BYTES:
-                raise CodecError(f"{path} is larger than {MAX_CURVE_FILE_BYTES >> 20} MB, which no curve file is; remove it")
-            return data.decode()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CodecError(f"{path} is not a readable text file ({exc}); remove it from the anchors") from None
+    data = read_limited(path, "curve", MAX_CURVE_FILE_BYTES, "remove it from the anchors", CodecError)
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise CodecError(f"{path} is not a readable text file ({exc}); remove it from the anchors") from None
 
 
 def _number(x: Any) -> float:

@@ -39,7 +39,7 @@ from rnncodec.codec.options import (
     OPTIMIZERS,
 )
 from rnncodec.data.errors import DataError, RnncodecError, shown
-from rnncodec.data.files import FileError, open_regular, reason
+from rnncodec.data.files import FileError, read_limited
 from rnncodec.data.remote import check_no_secret
 from rnncodec.data.sources import CIFAR, SOURCES, check_source
 
@@ -525,15 +525,9 @@ def load_spec(path: str | Path) -> Sweep:
     """Read and validate a sweep file."""
     path = Path(path)
     try:
-        with open_regular(path, "sweep") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+        data = read_limited(path, "sweep", MAX_FILE_BYTES, "give a YAML sweep file")
     except FileError as exc:
-        raise SweepError(f"{exc} (a YAML sweep file, see sweeps/demo.yaml)") from None
-    except OSError as exc:
-        raise SweepError(f"cannot read {path} ({reason(exc)}); check the file") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise SweepError(f"{path} is larger than {MAX_FILE_BYTES >> 20} MB, which no sweep file is; "
-                         "give a YAML sweep file (see sweeps/demo.yaml)")
+        raise SweepError(f"{exc} (a YAML sweep file: see sweeps/demo.yaml)") from None
     try:
         raw = yaml.load(data.decode(), Loader=_Loader)  # noqa: S506 - a SafeLoader
         if raw is None:
