@@ -7,6 +7,13 @@ network and training step, ``peer_1zb.py``), so ratios are read off one machine 
 fp32 matrix-multiply peak of the device (a square ``--peak-size`` matmul) is measured in the same
 run too, and each variant's share of it reported (FLOPs counted by torch's FlopCounterMode).
 
+On the CPU each measurement runs in a fresh process, as each program trains by itself: in one process
+a variant inherited the glibc heap that the variants before it had grown, which changed its rate (the
+port's step ran at 43–48 patch-iterations/s in fresh processes, and in one process at 44 first and 49
+once ours had run).
+``--reuse-freed-memory`` measures every variant with freed blocks kept for reuse
+(``codec.allocator``, as ``rnncodec eval`` runs), which neither training program sets by itself.
+
 Variants: ``peer``; ``ours`` (as ``rnncodec train`` runs it: fp32); ``ours-bf16`` (bfloat16
 autocast, ``--amp``; fp32 where the CPU has no native bf16: see ``amp``); on CUDA also ``ours-bf16-cl`` (plus channels_last), ``ours-compiled`` (plus
 ``torch.compile`` of the network), ``ours-cudagraphs`` (the network compiled with
@@ -26,6 +33,7 @@ import gc
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).parent))
 from peer_1zb import LR, PeerCodec, peer_step  # noqa: E402
 
+from rnncodec.codec.allocator import reuse_freed_memory  # noqa: E402
 from rnncodec.codec.model import CodecConfig, RNNCodec  # noqa: E402
 from rnncodec.codec.training import TrainConfig, Trainer  # noqa: E402
 
@@ -123,6 +132,19 @@ def measure(variant: str, width: float, batch: int, iterations: int, steps: int,
                if device.type == "cuda" else {})}
 
 
+def measure_isolated(variant: str, width: float, args: argparse.Namespace) -> dict:
+    """``measure`` in a fresh Python process with this run's settings."""
+    command = [sys.executable, __file__, "--one", variant, "--widths", str(width), "--device", args.device,
+               "--batch", str(args.batch), "--iterations", str(args.iterations), "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--threads", str(torch.get_num_threads())]
+    if args.reuse_freed_memory:
+        command.append("--reuse-freed-memory")
+    done = subprocess.run(command, check=False, capture_output=True, text=True)
+    if done.returncode:
+        return {"variant": variant, "width": width, "error": done.stderr.strip()[-300:]}
+    return json.loads(done.stdout)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -132,13 +154,22 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every variant")
     parser.add_argument("--widths", type=float, nargs="+", default=[1.0])
-    parser.add_argument("--variants", nargs="+", help="default: peer ours ours-bf16 (CPU); all eight (CUDA)")
+    parser.add_argument("--variants", nargs="+", choices=CUDA_VARIANTS, help="default: peer ours ours-bf16 (CPU); all eight (CUDA)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--peak-size", type=int, default=2048)
+    parser.add_argument("--reuse-freed-memory", action="store_true",
+                        help="keep freed blocks for reuse in every variant (glibc; default: as each program runs)")
+    parser.add_argument("--one", metavar="VARIANT", help=argparse.SUPPRESS)  # one measurement, in this process
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.reuse_freed_memory:
+        reuse_freed_memory()
     device = torch.device(args.device)
+    if args.one:
+        print(json.dumps(measure(args.one, args.widths[0], args.batch, args.iterations, args.steps, args.warmup,
+                                 device)))
+        return
     variants = args.variants or (CUDA_VARIANTS if device.type == "cuda" else CPU_VARIANTS)
     peak = matmul_peak(device, args.peak_size)
     peaks = ({"tf32": matmul_peak(device, args.peak_size, "tf32"), "bf16": matmul_peak(device, args.peak_size, "bf16")}
@@ -151,7 +182,8 @@ def main() -> None:
         for _ in range(args.rounds):
             for v in variants:
                 try:
-                    runs[v].append(measure(v, width, args.batch, args.iterations, args.steps, args.warmup, device))
+                    runs[v].append(measure_isolated(v, width, args) if device.type == "cpu" else
+                                   measure(v, width, args.batch, args.iterations, args.steps, args.warmup, device))
                 except Exception as e:  # a variant this device cannot run is reported, not fatal
                     runs[v].append({"variant": v, "width": width, "error": f"{type(e).__name__}: {e}"[:300]})
         base = statistics.median(r["patch_iterations_per_s"] for r in runs["peer"]) if "peer" in runs else None
@@ -169,7 +201,9 @@ def main() -> None:
             records.append(rec)
     print(json.dumps({"device": name, "fp32_matmul_peak_gflop_per_s": round(peak, 1),
                       **{f"{k}_matmul_peak_gflop_per_s": round(v, 1) for k, v in peaks.items()},
-                      "peak_matmul_size": args.peak_size, "records": records}, indent=2))
+                      "peak_matmul_size": args.peak_size,
+                      "allocator": "freed memory kept for reuse" if args.reuse_freed_memory else "glibc default",
+                      "records": records}, indent=2))
 
 
 if __name__ == "__main__":
