@@ -175,11 +175,12 @@ class Conv2d(nn.Conv2d):
       on a Kodak image as fast or faster), and the product sums alike on 1 and 2 threads, where oneDNN did
       not (files and decoded pixels depended on the thread count). On training batches neither way
       measured faster;
-    - small outputs (at most 4×4 positions) of wide layers (at least 2,048 inputs per output: C·kh·kw),
-      over unfolded patches. On 32×32 patches the paper-size model's deep 3×3 layers have 2×2 and 4×4 maps,
-      where oneDNN's backward pass ran 1.4–3.4× slower than the matrix product's; on narrower 3×3 layers
-      (width 0.25) the library was as fast or up to 1.4× faster (per layer, forward and backward, batch 32,
-      1 and 2 threads).
+    - small outputs (at most 4×4 positions) of large layers (at least 2²⁰ weights), over unfolded patches.
+      On 32×32 patches the paper-size model's deep layers have 2×2 and 4×4 maps, where oneDNN's backward
+      pass ran 1.4–3.4× slower than the matrix product's on the widest 3×3 layers, and forward and backward
+      together 1.3× slower on D-RNN 2's input convolution and 1.1–2.2× on the 1×1 hidden convolutions;
+      on the smaller layers of width 0.25 the library was as fast or up to 1.4× faster (per layer, forward
+      and backward, batch 32, 1 and 2 threads).
 
     Other convolutions and GPUs keep the library's."""
 
@@ -191,7 +192,7 @@ class Conv2d(nn.Conv2d):
             out = (weight.view(weight.shape[0], -1) @ x.reshape(x.shape[1], -1)).view(1, -1, *x.shape[2:])
             return out if bias is None else out + bias.view(-1, 1, 1)
         ho, wo = (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
-        if ho * wo > 16 or self.in_channels * kh * kw < 2048:
+        if ho * wo > 16 or weight.numel() < 1 << 20:
             return super()._conv_forward(x, weight, bias)
         cols = F.unfold(x, (kh, kw), padding=(ph, pw), stride=(sh, sw))  # N × C·kh·kw × ho·wo
         out = cols.transpose(1, 2).reshape(-1, cols.shape[1]) @ weight.reshape(weight.shape[0], -1).t()
