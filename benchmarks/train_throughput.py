@@ -154,7 +154,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every variant")
     parser.add_argument("--widths", type=float, nargs="+", default=[1.0])
-    parser.add_argument("--variants", nargs="+", choices=CUDA_VARIANTS, help="default: peer ours ours-bf16 (CPU); all eight (CUDA)")
+    parser.add_argument("--variants", nargs="+", choices=CUDA_VARIANTS,
+                        help="default: peer ours ours-bf16 (CPU); all eight (CUDA)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--peak-size", type=int, default=2048)
     parser.add_argument("--reuse-freed-memory", action="store_true",
